@@ -1,0 +1,145 @@
+"""Every ZeroMQ socket soundbus opens is made here, so its options are set in one place.
+
+Options (all applied before bind/connect, as zmq.devices does):
+- SNDHWM/RCVHWM: a bounded queue per peer; past it PUB drops (seen downstream as a
+  sequence gap, never as a stall).
+- LINGER: unsent messages are dropped on close after ``linger_ms`` so exit never hangs.
+- RECONNECT_IVL / RECONNECT_IVL_MAX: a restarted peer is found again without any action.
+- HEARTBEAT_IVL / HEARTBEAT_TIMEOUT: ZMTP pings detect a dead TCP peer.
+- MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq before we see it.
+- CURVE: encryption plus client authentication through a ZAP allow-list (see common.keys).
+
+An address is a ZeroMQ endpoint; ``bind`` is chosen with a leading ``@`` and
+``connect`` with ``>`` (the CZMQ convention), e.g. ``@tcp://*:5550``, ``>tcp://box:5550``.
+Without a prefix PUB binds and SUB connects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import zmq
+
+from common.protocol import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
+
+log = logging.getLogger(__name__)
+
+# Loopback defaults of the direct topology: capture -> convert -> classify -> tail.
+DEFAULT_RAW = "tcp://127.0.0.1:5550"
+DEFAULT_TENSOR = "tcp://127.0.0.1:5551"
+DEFAULT_RESULT = "tcp://127.0.0.1:5552"
+# Brokered topology: everyone connects to a proxy's two ports.
+DEFAULT_PROXY_IN = "tcp://127.0.0.1:5560"  # publishers connect here (proxy XSUB)
+DEFAULT_PROXY_OUT = "tcp://127.0.0.1:5561"  # subscribers connect here (proxy XPUB)
+
+
+@dataclass
+class SocketOptions:
+    """Tunables shared by every socket; the defaults suit audio frames of 10-100 ms."""
+
+    hwm: int = 1000  # messages queued per peer (~20 s of 20 ms frames)
+    linger_ms: int = 200
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 2000
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 3000
+    max_msg_bytes: int = MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES
+    curve: "CurveConfig | None" = None
+
+
+@dataclass
+class CurveConfig:
+    """CURVE keys for one socket. Servers (binders) authenticate clients against ``allow``.
+
+    ``secret_file``: this side's ``.key_secret`` file (from ``soundbus keys``).
+    ``server_public_file``: for a connecting socket, the public key of the side it connects to.
+    ``allow_dir``: for a binding socket, a directory of client ``.key`` files allowed in.
+    """
+
+    secret_file: Path
+    server_public_file: Path | None = None
+    allow_dir: Path | None = None
+
+
+def split_endpoint(addr: str, default_bind: bool) -> tuple[bool, str]:
+    """('@tcp://...' -> bind, '>tcp://...' -> connect, plain -> ``default_bind``)."""
+    if addr.startswith("@"):
+        return True, addr[1:]
+    if addr.startswith(">"):
+        return False, addr[1:]
+    return default_bind, addr
+
+
+def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool) -> None:
+    sock.setsockopt(zmq.LINGER, opts.linger_ms)
+    sock.setsockopt(zmq.SNDHWM, opts.hwm)
+    sock.setsockopt(zmq.RCVHWM, opts.hwm)
+    sock.setsockopt(zmq.RECONNECT_IVL, opts.reconnect_ivl_ms)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, opts.reconnect_ivl_max_ms)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, opts.heartbeat_ivl_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, opts.heartbeat_timeout_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, opts.heartbeat_timeout_ms)
+    sock.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_bytes)
+    if opts.curve is not None:
+        from common.keys import apply_curve
+
+        apply_curve(sock, opts.curve, server=binding)
+
+
+def open_socket(
+    ctx: zmq.Context,
+    socket_type: int,
+    endpoints: Iterable[str],
+    opts: SocketOptions | None = None,
+    default_bind: bool | None = None,
+) -> zmq.Socket:
+    """Create a socket, set every option, then bind/connect each endpoint.
+
+    ``default_bind``: what an endpoint without ``@``/``>`` does; PUB/XPUB/XSUB bind,
+    SUB connects unless told otherwise.
+    """
+    opts = opts or SocketOptions()
+    if default_bind is None:
+        default_bind = socket_type in (zmq.PUB, zmq.XPUB, zmq.XSUB)
+    endpoints = list(endpoints)
+    sock = ctx.socket(socket_type)
+    try:
+        any_bind = any(split_endpoint(e, default_bind)[0] for e in endpoints)
+        _apply(sock, opts, binding=any_bind)
+        for e in endpoints:
+            bind, addr = split_endpoint(e, default_bind)
+            if bind:
+                try:
+                    sock.bind(addr)
+                except zmq.ZMQError as err:
+                    raise SystemExit(
+                        f"soundbus: cannot bind {addr} ({err.strerror}); another process may hold the port: "
+                        f"choose another with the address flag or stop that process."
+                    ) from None
+            else:
+                sock.connect(addr)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def open_pub(ctx: zmq.Context, endpoints: Iterable[str], opts: SocketOptions | None = None) -> zmq.Socket:
+    """A publisher (binds by default; ``>addr`` connects, e.g. to a proxy)."""
+    return open_socket(ctx, zmq.PUB, endpoints, opts, default_bind=True)
+
+
+def open_sub(
+    ctx: zmq.Context,
+    endpoints: Iterable[str],
+    prefixes: Iterable[bytes],
+    opts: SocketOptions | None = None,
+) -> zmq.Socket:
+    """A subscriber to ``prefixes`` (filtered at the publisher); connects by default."""
+    sock = open_socket(ctx, zmq.SUB, endpoints, opts, default_bind=False)
+    for p in prefixes:
+        sock.setsockopt(zmq.SUBSCRIBE, p)
+    return sock

@@ -1,0 +1,165 @@
+"""What every stage's loop shares: validated receive, gap accounting, clean shutdown.
+
+A stage is ``while not stop: msg = receiver.recv(timeout); ...``. The receiver
+validates each message (common.protocol.decode) and counts and logs a bad one instead
+of raising, so a hostile or broken peer can never crash a stage or touch its
+per-stream state. Sequence numbers are checked per (stream, epoch) by SequenceTracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterable
+
+import zmq
+
+from common.metrics import StageMetrics
+from common.protocol import Message, ProtocolError, decode
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(verbose: int = 0) -> None:
+    """Log lines to stderr: time, stage, level, message."""
+    level = logging.WARNING if verbose < 0 else logging.DEBUG if verbose > 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; loops poll it between receives so shutdown never hangs."""
+
+    def __init__(self, install: bool = True) -> None:
+        self._event = threading.Event()
+        if install and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handle)
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        self._event.set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._event.wait(seconds)
+
+
+class Continuity(Enum):
+    """How a message relates to the previous one of its stream."""
+
+    FIRST = "first"  # first message seen of this stream
+    NEXT = "next"  # seq == previous + 1, same epoch
+    GAP = "gap"  # seq jumped forward: messages were lost
+    NEW_EPOCH = "new_epoch"  # the source restarted
+    STALE = "stale"  # seq <= previous (duplicate or reordered): drop it
+
+
+@dataclass
+class StreamPosition:
+    """Where one stream is: its epoch and the last sequence number accepted."""
+
+    epoch: int
+    seq: int
+    last_seen: float  # time.monotonic() of the last accepted message
+
+
+class SequenceTracker:
+    """Gap accounting per stream: compares each (epoch, seq) with the last one accepted."""
+
+    def __init__(self, metrics: StageMetrics | None = None) -> None:
+        self.positions: dict[str, StreamPosition] = {}
+        self.metrics = metrics
+
+    def check(self, stream: str, epoch: int, seq: int) -> tuple[Continuity, int]:
+        """Classify a message and record it; returns (continuity, number of messages missing)."""
+        now = time.monotonic()
+        pos = self.positions.get(stream)
+        if pos is None:
+            self.positions[stream] = StreamPosition(epoch, seq, now)
+            return Continuity.FIRST, 0
+        if epoch != pos.epoch:
+            self.positions[stream] = StreamPosition(epoch, seq, now)
+            if self.metrics:
+                self.metrics.event("epoch_change")
+            return Continuity.NEW_EPOCH, 0
+        if seq <= pos.seq:
+            if self.metrics:
+                self.metrics.drop("stale_seq")
+            return Continuity.STALE, 0
+        missing = seq - pos.seq - 1
+        pos.seq, pos.last_seen = seq, now
+        if missing:
+            if self.metrics:
+                self.metrics.gap(stream, missing)
+            log.warning("stream %s: %d message(s) missing before seq %d", stream, missing, seq)
+            return Continuity.GAP, missing
+        return Continuity.NEXT, 0
+
+    def silent_streams(self, older_than_s: float) -> list[str]:
+        """Streams with no accepted message for ``older_than_s`` seconds (for watchdogs)."""
+        now = time.monotonic()
+        return [s for s, p in self.positions.items() if now - p.last_seen > older_than_s]
+
+
+class RateLimitedLog:
+    """Logs the first few occurrences of each key, then one line per ``every_s`` with a count."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 5.0, burst: int = 3) -> None:
+        self.logger, self.every_s, self.burst = logger, every_s, burst
+        self._seen: dict[str, tuple[int, float, int]] = {}  # key -> (count, last log time, suppressed)
+
+    def warning(self, key: str, msg: str) -> None:
+        now = time.monotonic()
+        count, last, suppressed = self._seen.get(key, (0, 0.0, 0))
+        count += 1
+        if count <= self.burst or now - last >= self.every_s:
+            more = f" ({suppressed} similar suppressed)" if suppressed else ""
+            self.logger.warning("%s%s", msg, more)
+            self._seen[key] = (count, now, 0)
+        else:
+            self._seen[key] = (count, last, suppressed + 1)
+
+
+class Receiver:
+    """Receives and validates messages from a set of sockets; bad ones are counted, not raised."""
+
+    def __init__(self, sockets: Iterable[zmq.Socket], metrics: StageMetrics) -> None:
+        self.sockets = list(sockets)
+        self.metrics = metrics
+        self.poller = zmq.Poller()
+        for s in self.sockets:
+            self.poller.register(s, zmq.POLLIN)
+        self._ready: list[zmq.Socket] = []
+        self._badlog = RateLimitedLog(log)
+
+    def recv(self, timeout_ms: int) -> Message | None:
+        """The next valid message, or None after ``timeout_ms`` (or on a bad message)."""
+        if not self._ready:
+            events = self.poller.poll(timeout_ms)
+            self._ready = [s for s, _ in events]
+            if not self._ready:
+                return None
+        sock = self._ready.pop()
+        try:
+            frames = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        try:
+            msg = decode(frames)
+        except ProtocolError as e:
+            self.metrics.bad_message(e.reason)
+            self._badlog.warning(e.reason, f"rejected message: {e}")
+            return None
+        # A socket may hold more than one message: keep it ready until it is drained.
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._ready.append(sock)
+        return msg
