@@ -126,3 +126,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= INDEX < COUNT")
     return i, n
+
+
+if __name__ == "__main__":
+    main()
