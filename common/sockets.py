@@ -43,7 +43,7 @@ class SocketOptions:
     hwm: int = 1000  # messages queued per peer (~20 s of 20 ms frames)
     linger_ms: int = 200
     reconnect_ivl_ms: int = 100
-    reconnect_ivl_max_ms: int = 2000
+    reconnect_ivl_max_ms: int = 500  # backoff cap: a restarted peer is back within 0.5 s
     heartbeat_ivl_ms: int = 1000
     heartbeat_timeout_ms: int = 3000
     max_msg_bytes: int = MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES

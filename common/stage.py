@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Iterable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common.metrics import StageMetrics
 from common.protocol import Message, ProtocolError, decode
@@ -130,7 +131,14 @@ class RateLimitedLog:
 
 
 class Receiver:
-    """Receives and validates messages from a set of sockets; bad ones are counted, not raised."""
+    """Receives and validates messages from a set of sockets; bad ones are counted, not raised.
+
+    It also watches each socket's connection events (a ZeroMQ socket monitor) and logs
+    ``input connected``/``input disconnected``, so a launcher can wait for a link and an
+    operator can see a producer go away.
+    """
+
+    _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
     def __init__(self, sockets: Iterable[zmq.Socket], metrics: StageMetrics) -> None:
         self.sockets = list(sockets)
@@ -138,6 +146,12 @@ class Receiver:
         self.poller = zmq.Poller()
         for s in self.sockets:
             self.poller.register(s, zmq.POLLIN)
+        self.monitors: list[zmq.Socket] = []
+        for s in self.sockets:
+            mon = s.get_monitor_socket(self._EVENTS)
+            self.monitors.append(mon)
+            self.poller.register(mon, zmq.POLLIN)
+        self.connected = 0  # peers currently connected, over all sockets
         self._ready: list[zmq.Socket] = []
         self._badlog = RateLimitedLog(log)
 
@@ -145,7 +159,11 @@ class Receiver:
         """The next valid message, or None after ``timeout_ms`` (or on a bad message)."""
         if not self._ready:
             events = self.poller.poll(timeout_ms)
-            self._ready = [s for s, _ in events]
+            ready = [s for s, _ in events]
+            for mon in self.monitors:
+                if mon in ready:
+                    self._connection_events(mon)
+            self._ready = [s for s in ready if s not in self.monitors]
             if not self._ready:
                 return None
         sock = self._ready.pop()
@@ -153,13 +171,37 @@ class Receiver:
             frames = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             return None
+        # A socket may hold more than one message: keep it ready until it is drained.
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._ready.append(sock)
         try:
-            msg = decode(frames)
+            return decode(frames)
         except ProtocolError as e:
             self.metrics.bad_message(e.reason)
             self._badlog.warning(e.reason, f"rejected message: {e}")
             return None
-        # A socket may hold more than one message: keep it ready until it is drained.
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._ready.append(sock)
-        return msg
+
+    def _connection_events(self, mon: zmq.Socket) -> None:
+        while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            endpoint = ev.get("endpoint", b"")
+            endpoint = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected += 1
+                log.info("input connected %s (peers=%d)", endpoint, self.connected)
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                self.connected = max(0, self.connected - 1)
+                log.warning("input disconnected %s (peers=%d)", endpoint, self.connected)
+                self.metrics.event("input_disconnected")
+
+    def close(self) -> None:
+        """Stop the monitors (the stage closes its own sockets)."""
+        for s, mon in zip(self.sockets, self.monitors):
+            try:
+                s.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            mon.close(linger=0)
