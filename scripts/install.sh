@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install soundbus on Debian/Ubuntu: system packages, then a virtualenv in .venv with every extra.
+#   scripts/install.sh          everything (capture, convert, classify models, tests, benchmarks)
+#   scripts/install.sh --base   no torch: capture, convert, record/replay, tail, proxy only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="[all]"
+[ "${1:-}" = "--base" ] && extras=""
+
+# libportaudio2: PortAudio for sounddevice. pulseaudio*: loopback capture (and the CI's virtual sound card).
+# ffmpeg: network/URL sources. sox, espeak-ng, alsa-utils: test audio. iproute2: two-host test.
+# docker-compose: validates docker-compose.yml (no engine needed).
+APT_PACKAGES="python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils alsa-utils
+  ffmpeg sox espeak-ng iproute2 docker-compose"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+if command -v apt-get >/dev/null; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $APT_PACKAGES
+else
+  echo "install.sh: no apt-get here; install the equivalents of: $APT_PACKAGES" >&2
+fi
+
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -e ".${extras}"
+echo "soundbus installed: run '.venv/bin/soundbus up' (pipeline) or '.venv/bin/python -m pytest' (tests)."
