@@ -3,12 +3,22 @@
 Key files are the ones pyzmq's ``zmq.auth.create_certificates`` writes:
 ``NAME.key`` (public, safe to copy) and ``NAME.key_secret`` (keep on its box).
 A binding socket is a CURVE server: it accepts only clients whose public ``.key``
-file is in its allow directory (ZAP, via zmq.auth's ThreadAuthenticator).
+file is in its allow directory (checked through ZAP by pyzmq's ``Authenticator``).
 A connecting socket must know the server's public key.
+
+Each allow directory gets its own ZAP domain, so two server sockets of one process
+(the proxy's frontend and backend, say) can admit different clients. The allow list is
+read when the socket is set up: restart the stage after adding a key.
+
+The ZAP handler runs in a thread of ours rather than pyzmq's ``ThreadAuthenticator``:
+that one keeps its sockets open until ``stop()`` is called, so a stage that just calls
+``ctx.term()`` would hang forever. Ours closes its socket when the context terminates.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 from pathlib import Path
@@ -16,66 +26,169 @@ from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+from zmq.auth.base import Authenticator
 
 if TYPE_CHECKING:
     from common.sockets import CurveConfig
 
 log = logging.getLogger(__name__)
 
-_authenticators: dict[int, ThreadAuthenticator] = {}
 _lock = threading.Lock()
+_threads: dict[int, "ZapThread"] = {}  # id(context) -> its ZAP handler
 
 
 def create_keypair(directory: Path, name: str) -> tuple[Path, Path]:
-    """Write NAME.key and NAME.key_secret into ``directory``; returns (public, secret) paths."""
+    """Write NAME.key and NAME.key_secret into ``directory``; returns (public, secret) paths.
+
+    Refuses to overwrite an existing pair (the old public key may already be on other boxes).
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise SystemExit(f"soundbus: key name {name!r} must be a plain file name such as 'capture-box1'.")
+    directory = Path(directory)
+    for existing in (directory / f"{name}.key", directory / f"{name}.key_secret"):
+        if existing.exists():
+            raise SystemExit(f"soundbus: {existing} already exists; pick another NAME or delete the old pair first.")
     directory.mkdir(parents=True, exist_ok=True)
     pub, sec = zmq.auth.create_certificates(str(directory), name)
     Path(sec).chmod(0o600)
     return Path(pub), Path(sec)
 
 
-def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+def load_key(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) z85 keys from a key file; SystemExit with advice when it is unusable."""
+    path = Path(path)
     if not path.is_file():
         raise SystemExit(f"soundbus: key file {path} does not exist; create one with `soundbus keys DIR NAME`.")
-    pub, sec = zmq.auth.load_certificate(str(path))
-    if secret and sec is None:
+    try:
+        pub, sec = zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"soundbus: {path} is not a key file written by `soundbus keys` ({e}).") from None
+    if secret and not sec:
         raise SystemExit(f"soundbus: {path} holds no secret key; pass the NAME.key_secret file, not NAME.key.")
     return pub, sec
 
 
-def _authenticator(ctx: zmq.Context, allow_dir: Path) -> None:
+def load_allow_dir(allow_dir: Path) -> dict[bytes, bool]:
+    """Public keys allowed in: every ``*.key`` file of ``allow_dir`` (z85 key -> True)."""
+    allow_dir = Path(allow_dir)
+    if not allow_dir.is_dir():
+        raise SystemExit(f"soundbus: allow directory {allow_dir} does not exist; put the clients' .key files there.")
+    allowed: dict[bytes, bool] = {}
+    for f in sorted(allow_dir.glob("*.key")):
+        pub, _ = load_key(f, secret=False)
+        allowed[pub] = True
+    if not allowed:
+        log.warning("allow directory %s holds no .key files: every client will be refused", allow_dir)
+    return allowed
+
+
+class _AllowList(Authenticator):
+    """pyzmq's Authenticator, logging every refused client (rate-limited) instead of at debug level."""
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        super().__init__(ctx, log=logging.getLogger("soundbus.zap"))
+        from common.stage import RateLimitedLog
+
+        self._refused = RateLimitedLog(log, every_s=10.0)
+
+    async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+        allowed, reason = await super()._authenticate_curve(domain, client_key)
+        if not allowed:
+            key = z85.encode(client_key).decode()
+            self._refused.warning(key, f"refused CURVE client {key} ({reason.decode()}): its .key is not allowed")
+        return allowed, reason
+
+
+class ZapThread(threading.Thread):
+    """Answers ZAP requests of one context from allow lists keyed by ZAP domain."""
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        super().__init__(name="soundbus-zap", daemon=True)
+        self.auth = _AllowList(ctx)
+        self._started = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+
+    def add_domain(self, domain: str, allowed: dict[bytes, bool]) -> None:
+        # A dict assignment is atomic; the handler thread reads it per request.
+        self.auth.certs[domain] = allowed
+
+    def start_and_wait(self) -> None:
+        self.start()
+        self._started.wait(10)
+        if self._error is not None:
+            raise RuntimeError(f"ZAP handler failed to start: {self._error}")
+
+    def run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            self.auth.start()  # binds inproc://zeromq.zap.01 in this thread
+        except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+            self._error = e
+            self._started.set()
+            loop.close()
+            return
+        sock = self.auth.zap_socket
+        self._started.set()
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(200):
+                    continue
+                reply = self.auth.handle_zap_message(sock.recv_multipart())
+                if inspect.isawaitable(reply):  # pyzmq >= 25 makes the handler a coroutine
+                    loop.run_until_complete(reply)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            sock.close(linger=0)
+            self.auth.zap_socket = None
+            loop.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(2)
+
+
+def _zap_domain(ctx: zmq.Context, allow_dir: Path) -> str:
+    """The ZAP domain for ``allow_dir`` in ``ctx``, starting the handler thread on first use."""
+    allowed = load_allow_dir(allow_dir)
+    domain = f"soundbus:{Path(allow_dir).resolve()}"[:254]
     with _lock:
-        auth = _authenticators.get(id(ctx))
-        if auth is None:
-            auth = ThreadAuthenticator(ctx, log=logging.getLogger("soundbus.zap"))
-            auth.start()
-            _authenticators[id(ctx)] = auth
-        if not allow_dir.is_dir():
-            raise SystemExit(f"soundbus: allow directory {allow_dir} does not exist; put the clients' .key files there.")
-        auth.configure_curve(domain="*", location=str(allow_dir))
+        zap = _threads.get(id(ctx))
+        if zap is None or not zap.is_alive():
+            zap = ZapThread(ctx)
+            zap.start_and_wait()
+            _threads[id(ctx)] = zap
+        zap.add_domain(domain, allowed)
+    return domain
 
 
 def apply_curve(sock: zmq.Socket, cfg: "CurveConfig", server: bool) -> None:
-    """Set CURVE options on ``sock`` (before bind/connect)."""
-    pub, sec = _load(Path(cfg.secret_file), secret=True)
+    """Set CURVE options on ``sock`` (before bind/connect).
+
+    Server: this side's secret key, plus the allow list of client keys (ZAP domain).
+    Client: this side's key pair, plus the server's public key.
+    """
+    pub, sec = load_key(Path(cfg.secret_file), secret=True)
     sock.curve_publickey = pub
     sock.curve_secretkey = sec
     if server:
         if cfg.allow_dir is None:
             raise SystemExit("soundbus: a binding CURVE socket needs --curve-allow DIR of client public keys.")
-        _authenticator(sock.context, Path(cfg.allow_dir))
+        sock.zap_domain = _zap_domain(sock.context, Path(cfg.allow_dir)).encode()
         sock.curve_server = True
     else:
         if cfg.server_public_file is None:
             raise SystemExit("soundbus: a connecting CURVE socket needs --curve-server KEY (the server's .key file).")
-        server_pub, _ = _load(Path(cfg.server_public_file), secret=False)
+        server_pub, _ = load_key(Path(cfg.server_public_file), secret=False)
         sock.curve_serverkey = server_pub
 
 
 def stop_authenticators() -> None:
-    """Stop ZAP threads (call before terminating a context)."""
+    """Stop ZAP threads. Optional: a terminating context stops them too."""
     with _lock:
-        for auth in _authenticators.values():
-            auth.stop()
-        _authenticators.clear()
+        threads = list(_threads.values())
+        _threads.clear()
+    for zap in threads:
+        zap.stop()
