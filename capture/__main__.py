@@ -1,0 +1,5 @@
+from common.cli import standalone
+
+from capture.cli import register
+
+standalone(register, "capture")
