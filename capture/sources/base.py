@@ -53,6 +53,7 @@ class Source:
         self.description = spec.text
         self.framer: StreamFramer | None = None
         self.state = "new"  # new / running / reconnecting / ended / failed
+        self._why = ""
         self.restarts = 0
 
     def prepare(self) -> None:
@@ -66,9 +67,11 @@ class Source:
         """Release OS resources (streams, subprocesses). Safe to call twice."""
 
     def set_state(self, state: str, why: str = "") -> None:
-        if state != self.state:
-            log.info("stream %s: %s%s", self.stream, state, f" ({why})" if why else "")
-            self.state = state
+        """Record and log a state change (also a repeated state with a new reason, e.g. each retry)."""
+        if (state, why) != (self.state, self._why):
+            level = logging.WARNING if state in ("reconnecting", "failed") else logging.INFO
+            log.log(level, "stream %s: %s%s", self.stream, state, f" ({why})" if why else "")
+        self.state, self._why = state, why
 
 
 class Pacer:
@@ -120,3 +123,32 @@ class Backoff:
         delay = self.next_s
         self.next_s = min(self.next_s * 2, self.max_s)
         return not stop.wait(delay)
+
+
+class ArrivalClock:
+    """Capture times for sources that only know when bytes arrive (pipes, ffmpeg).
+
+    t(sample o) = anchor + o / rate, anchored at the first arrival. If data arrives more
+    than ``slack_s`` later than that timeline predicts (the producer stalled), the anchor
+    moves so the late block ends at its arrival time; early (bursty) data keeps the timeline.
+    """
+
+    def __init__(self, rate: int, slack_s: float = 0.5) -> None:
+        self.rate = rate
+        self.slack_ns = int(slack_s * 1e9)
+        self.anchor_ns: int | None = None
+        self.reanchors = 0
+
+    def reset(self, rate: int | None = None) -> None:
+        self.rate = rate or self.rate
+        self.anchor_ns = None
+
+    def t_of(self, offset: int, frames: int, arrival_ns: int) -> int:
+        """Wall-clock ns of sample ``offset`` for a block of ``frames`` samples that arrived at ``arrival_ns``."""
+        end_ns = (offset + frames) * 1_000_000_000 // self.rate
+        if self.anchor_ns is None:
+            self.anchor_ns = arrival_ns - end_ns
+        elif arrival_ns - (self.anchor_ns + end_ns) > self.slack_ns:
+            self.anchor_ns = arrival_ns - end_ns
+            self.reanchors += 1
+        return self.anchor_ns + offset * 1_000_000_000 // self.rate
