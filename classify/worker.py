@@ -1,0 +1,254 @@
+"""The classify worker loop: tensors in, one model, results out.
+
+    receive every waiting tensor message -> push into its stream's StreamWindows
+    drop audio older than --max-lag-ms (counted: stale windows)
+    while windows are ready: one batch = at most one window per stream -> model -> results
+
+Per stream (StreamSlot): the windows, the model state, the event tracker, the result seq.
+A discontinuity (flag, sequence gap, new epoch, staleness drop) resets all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from classify.batching import run_batch
+from classify.events import EventTracker, threshold_arrays
+from classify.models.base import Model, StreamState
+from classify.windows import StreamWindows, Window
+from common.metrics import StageMetrics
+from common.protocol import MAX_TRACE_HOPS, Flag, Header, Hop, Kind, Message, encode_result, shard_prefixes
+from common.publisher import Publisher
+from common.sockets import SocketOptions, open_sub
+from common.stage import Continuity, RateLimitedLog, Receiver, SequenceTracker, StopFlag
+
+log = logging.getLogger("classify")
+
+MAX_DRAIN = 2000  # messages read per loop turn before serving windows (bounds one turn's latency)
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker needs besides its model."""
+
+    inputs: list[str]
+    outputs: list[str]
+    shard: tuple[int, int] = (0, 1)
+    max_lag_ms: float = 1000.0  # audio older than this (beyond one window) is dropped, not classified
+    thresholds: list[tuple[str, float, float]] = field(default_factory=list)
+    top_k: int | None = None
+    opts: SocketOptions = field(default_factory=SocketOptions)
+
+
+class StreamSlot:
+    """Everything the worker keeps for one stream."""
+
+    def __init__(self, model: Model, windows: StreamWindows, events: EventTracker, epoch: int) -> None:
+        self.windows = windows
+        self.state: StreamState | None = model.new_state()
+        self.events = events
+        self.epoch = epoch
+        self.result_seq = 0
+        self.pending_events: list[dict[str, Any]] = []  # stops caused by a reset, sent with the next result
+
+    def reset(self, offset: int, t_ns: int) -> None:
+        """Forget audio and model state; active labels stop at ``t_ns``."""
+        self.windows.reset(offset)
+        if self.state is not None:
+            self.state.reset()
+        self.pending_events += self.events.reset(t_ns)
+
+
+class ClassifyWorker:
+    """Runs one model over every stream it receives (see module docstring)."""
+
+    def __init__(self, model: Model, cfg: WorkerConfig, metrics: StageMetrics, ctx: zmq.Context) -> None:
+        self.model, self.cfg, self.metrics = model, cfg, metrics
+        spec = model.spec
+        self.top_k = min(cfg.top_k or spec.top_k, len(spec.labels))
+        self.on, self.off = threshold_arrays(spec.labels, spec.thresholds, cfg.thresholds)
+        self.max_lag = int(cfg.max_lag_ms * spec.rate / 1000)
+        self.slots: dict[str, StreamSlot] = {}
+        self.tracker = SequenceTracker(metrics)
+        self.sub = open_sub(ctx, cfg.inputs, shard_prefixes(Kind.TENSOR, *cfg.shard), cfg.opts)
+        self.pub = Publisher(ctx, cfg.outputs, cfg.opts)
+        self.receiver = Receiver([self.sub], metrics)
+        self.warn = RateLimitedLog(log)
+        self.windows_done = 0
+        self.batches = 0
+        self.model_cpu_s = 0.0
+
+    # ---- input ---------------------------------------------------------------------
+
+    def handle(self, msg: Message, t_in_ns: int) -> None:
+        """Check one tensor message and add its samples to its stream's buffer."""
+        h = msg.header
+        if h.kind != Kind.TENSOR:
+            return
+        spec = self.model.spec
+        reason = None
+        if h.rate != spec.rate:
+            reason = "wrong_rate"
+            text = f"is {h.rate} Hz, model {spec.name} needs {spec.rate} Hz (convert resamples: --rate {spec.rate})"
+        elif h.channels != spec.channels:
+            reason = "wrong_channels"
+            text = f"has {h.channels} channel(s), model {spec.name} needs {spec.channels} (convert can downmix)"
+        elif h.format != "f32" or h.layout != "planar":
+            reason = "wrong_format"
+            text = f"is {h.format}/{h.layout}, tensors must be f32/planar"
+        if reason:
+            self.metrics.drop(reason)
+            self.warn.warning(f"{reason}:{h.stream}", f"skipping stream {h.stream}: its tensor {text}")
+            return
+        self.metrics.frame_in(h.stream)
+        cont, _missing = self.tracker.check(h.stream, h.epoch, h.seq)
+        if cont is Continuity.STALE:
+            return
+        slot = self.slots.get(h.stream)
+        if slot is None:
+            slot = self._new_slot(h)
+        elif (
+            cont in (Continuity.NEW_EPOCH, Continuity.GAP)
+            or h.flags & Flag.DISCONTINUITY
+            or h.epoch != slot.epoch
+        ):
+            self.metrics.event("reset")
+            if h.epoch != slot.epoch:
+                slot.epoch, slot.result_seq = h.epoch, 0
+            slot.reset(h.offset, h.t_capture_ns)
+        elif h.offset != slot.windows.next_index:
+            # Audio stays contiguous (seq says nothing was lost); the sender's offsets disagree with ours.
+            self.metrics.event("offset_mismatch")
+            self.warn.warning(f"offset:{h.stream}", f"stream {h.stream}: tensor offset {h.offset}, expected "
+                                                    f"{slot.windows.next_index}; keeping our own count")
+        samples = msg.samples()  # (channels, frames) float32, zero-copy view of the frame
+        dropped = slot.windows.push(samples, h.t_capture_ns, h.seq, t_in_ns, h.trace)
+        if dropped:
+            self._stale(h.stream, slot, dropped)
+
+    def _new_slot(self, h: Header) -> StreamSlot:
+        spec = self.model.spec
+        capacity = spec.window + self.max_lag + spec.hop
+        w = StreamWindows(spec.rate, spec.channels, spec.window, spec.hop, capacity)
+        w.reset(h.offset)
+        slot = StreamSlot(self.model, w, EventTracker(spec.labels, self.on, self.off, spec.hold), h.epoch)
+        self.slots[h.stream] = slot
+        log.info("stream %s: first tensor (epoch %d, %d Hz)", h.stream, h.epoch, h.rate)
+        return slot
+
+    def _stale(self, stream: str, slot: StreamSlot, windows: int) -> None:
+        """``windows`` were dropped unclassified: count them, and restart the model state."""
+        self.metrics.drop("stale_window", windows)
+        self.warn.warning(f"stale:{stream}", f"stream {stream}: behind by more than {self.cfg.max_lag_ms:g} ms, "
+                                             f"dropped {windows} window(s)")
+        if slot.state is not None:
+            slot.state.reset()
+
+    def drop_stale(self) -> None:
+        """Keep at most one window plus max_lag of unclassified audio per stream."""
+        limit = self.model.spec.window + self.max_lag
+        for stream, slot in self.slots.items():
+            excess = slot.windows.buffered - limit
+            if excess > 0:
+                hops = -(-excess // self.model.spec.hop)
+                dropped = slot.windows.skip(hops * self.model.spec.hop)
+                if dropped:
+                    self._stale(stream, slot, dropped)
+
+    # ---- model and output ----------------------------------------------------------
+
+    def serve(self) -> int:
+        """Run every ready window through the model, one window per stream per batch."""
+        served = 0
+        max_batch = self.model.spec.max_batch
+        while True:
+            ready = [(s, slot) for s, slot in self.slots.items() if slot.windows.ready()]
+            if not ready:
+                return served
+            for i in range(0, len(ready), max_batch):
+                part = ready[i : i + max_batch]
+                wins = [slot.windows.take() for _, slot in part]
+                res = run_batch(self.model, [w.samples for w in wins], [slot.state for _, slot in part])
+                self.batches += 1
+                self.model_cpu_s += res.cpu_s
+                self.metrics.latency("model", res.cpu_s / max(len(wins), 1))
+                for err in res.errors:
+                    self.metrics.drop("model_error")
+                    self.warn.warning("model_error", f"model {self.model.spec.name} raised on a window, skipped: {err}")
+                for (stream, slot), win, scores, extra in zip(part, wins, res.scores, res.extras):
+                    if scores is not None:
+                        self.publish(stream, slot, win, scores, extra)
+                        served += 1
+
+    def publish(self, stream: str, slot: StreamSlot, win: Window, scores: np.ndarray, extra: dict[str, Any]) -> None:
+        spec = self.model.spec
+        events = slot.pending_events + slot.events.update(scores, win.start_ns)
+        slot.pending_events = []
+        if self.top_k == 1:
+            top = [int(np.argmax(scores))]
+        else:
+            top = np.argsort(-scores, kind="stable")[: self.top_k].tolist()
+        body: dict[str, Any] = {
+            "model": spec.name,
+            "labels": [[spec.labels[i], float(scores[i])] for i in top],
+            "start_ns": win.start_ns,
+            "end_ns": win.end_ns,
+            "offset": win.offset,
+            "seq_first": win.seq_first,
+            "seq_last": win.seq_last,
+            "events": events,
+            **extra,
+        }
+        h = Header(
+            kind=Kind.RESULT,
+            stream=stream,
+            epoch=slot.epoch,
+            seq=slot.result_seq,
+            t_capture_ns=win.start_ns,
+            rate=spec.rate,
+            channels=spec.channels,
+            format="f32",
+            layout="planar",
+            frames=spec.window,
+            offset=win.offset,
+            model=spec.name,
+        )
+        h.trace = (win.last.trace + [Hop("classify", win.last.t_in_ns, time.time_ns())])[-MAX_TRACE_HOPS:]
+        slot.result_seq += 1
+        self.windows_done += 1
+        if self.pub.send(encode_result(h, body)):
+            self.metrics.frame_out(stream)
+        else:
+            self.metrics.drop("send_queue_full")
+
+    # ---- loop ------------------------------------------------------------------------
+
+    def run(self, stop: StopFlag) -> None:
+        """Receive, window, classify, publish until ``stop``."""
+        while not stop:
+            msg = self.receiver.recv(100)
+            drained = 0
+            while msg is not None:
+                self.handle(msg, time.time_ns())
+                drained += 1
+                if drained >= MAX_DRAIN:
+                    break
+                msg = self.receiver.recv(0)
+            self.pub.poll_subscriptions()
+            self.drop_stale()
+            self.serve()
+            per_window = self.model_cpu_s / self.windows_done * 1e3 if self.windows_done else 0.0
+            self.metrics.maybe_log_summary(
+                f"model={self.model.spec.name} windows={self.windows_done} batches={self.batches} "
+                f"model_cpu_ms_per_window={per_window:.3f}"
+            )
+
+    def close(self) -> None:
+        self.sub.close()
+        self.pub.close()
