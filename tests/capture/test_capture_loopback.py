@@ -66,3 +66,76 @@ def test_loopback_capture_matches_what_was_played(pulse, procs, collector, assem
     # paplay start-up plus the sink's latency: tens of ms, never negative (capture time is not publish time)
     assert -5 < delay_ms < 250, f"played at t, captured at t + {delay_ms:.1f} ms"
     print(f"loopback: ncc={ncc:.4f} delay={delay_ms:.1f} ms frames={len(hs)}")
+
+
+def _run_capture(env: dict[str, str], *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.run(
+        [sys.executable, "-m", "capture", *args, "--wait-subscriber", "0", "--output", tcp()],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_unknown_device_name_is_one_clear_sentence(pulse):
+    r = _run_capture(pulse.env, "--source", "device:no-such-microphone")
+    assert r.returncode == 2, r.stderr
+    assert "no input device named 'no-such-microphone'" in r.stderr and "soundbus devices" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unsupported_rate_says_what_the_device_supports(pulse):
+    r = _run_capture(pulse.env, "--source", f"loopback:{pulse.sink}", "--rate", "768000")
+    assert r.returncode == 2, r.stderr
+    assert "cannot record 768000 Hz" in r.stderr and "--rate 44100" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_sink_lists_the_sinks(pulse):
+    r = _run_capture(pulse.env, "--source", "loopback:no-such-sink")
+    assert r.returncode == 2, r.stderr
+    assert "no PulseAudio sink named 'no-such-sink'" in r.stderr and pulse.sink in r.stderr, r.stderr
+
+
+def test_devices_lists_inputs_default_and_monitors(pulse):
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "from common.cli import run; from capture.cli import register; raise SystemExit(run(['devices'], [register]))"
+    r = subprocess.run([sys.executable, "-c", code], env=pulse.env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(" pulse " in ln and "ALSA" in ln for ln in lines), r.stdout
+    assert any(ln.startswith("*") for ln in lines), "the default input is not marked"
+    assert f"{pulse.sink}.monitor  -> --source loopback:{pulse.sink}" in r.stdout
+
+
+def test_device_loss_reopens_with_a_new_epoch_and_heartbeats_go_on(pulse, procs, collector):
+    out = tcp()
+    cap = start(procs, "capture", "--source", f"loopback:{pulse.sink}#lb", "--watchdog", "1", "--heartbeat", "0.2",
+                "--output", out, env=pulse.env)
+    cap.wait_for("stream lb: running")
+    col = collector(out, prefixes=[topic_for(Kind.RAW), topic_for(Kind.HEARTBEAT)])
+    col.collect(lambda ms: sum(m.header.kind == Kind.RAW for m in ms) >= 5, timeout=10)
+    first_epoch = next(m.header.epoch for m in col.messages if m.header.kind == Kind.RAW)
+
+    stop_pulse(pulse, pulse.keepalive)  # the "device" disappears
+    cap.wait_for("stream lb: reconnecting", timeout=10)
+    n = len(col.messages)
+    col.collect(lambda ms: sum(m.header.kind == Kind.HEARTBEAT for m in ms[n:]) >= 3, timeout=10)
+    assert any("[reconnecting]" in m.header.source for m in col.messages[n:] if m.header.kind == Kind.HEARTBEAT)
+
+    pulse.keepalive = start_pulse(pulse)  # ... and comes back
+    col.collect(
+        lambda ms: any(m.header.kind == Kind.RAW and m.header.epoch != first_epoch for m in ms), timeout=40
+    )
+    new = [m.header for m in col.messages if m.header.kind == Kind.RAW and m.header.epoch != first_epoch]
+    assert new[0].epoch > first_epoch and new[0].seq == 0 and new[0].offset == 0
+    assert new[0].flags & Flag.DISCONTINUITY
+    old = [m.header for m in col.messages if m.header.kind == Kind.RAW and m.header.epoch == first_epoch]
+    assert [h.seq for h in old] == list(range(len(old)))
+    print(cap.log())
