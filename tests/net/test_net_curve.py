@@ -1,0 +1,97 @@
+"""CURVE both ways: a peer without an allowed key neither receives nor injects anything.
+
+The broker is a real ``soundbus proxy`` process; the peers are real sockets made through
+common.sockets with the same options the stages use. Negative results are read only
+after the refusal was observed (the proxy's ZAP log line, or the client's handshake-failed
+monitor event) and after the allowed peers exchanged hundreds of messages since.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import subprocess
+import sys
+
+import zmq
+import zmq.auth
+
+from common.protocol import decode
+from common.sockets import SocketOptions
+from tests.conftest import ROOT, tcp
+from tests.net.conftest import KeyRing, RawFeeder, Watch, client_sub, drain, start_proxy
+
+
+def _z85(path) -> str:
+    pub, _ = zmq.auth.load_certificate(str(path))
+    return pub.decode()
+
+
+def test_proxy_with_curve_admits_only_allowed_keys_both_ways(procs, keyring: KeyRing, ctx) -> None:
+    proxy_key = keyring.pair("proxy", allowed=False)
+    good_pub, good_sub = keyring.pair("good-pub", True), keyring.pair("good-sub", True)
+    rogue_pub, rogue_sub = keyring.pair("rogue-pub", False), keyring.pair("rogue-sub", False)
+    fe, be = tcp(), tcp()
+    proxy = start_proxy(procs, "--frontend", fe, "--backend", be, *keyring.server_flags(proxy_key))
+    proxy.wait_for("ready")
+
+    sub_ok = client_sub(ctx, be, KeyRing.client_opts(good_sub, proxy_key), [b"raw/"])
+    sub_rogue = client_sub(ctx, be, KeyRing.client_opts(rogue_sub, proxy_key), [b"raw/"])
+    sub_plain = client_sub(ctx, be, SocketOptions(), [b"raw/"])
+    watch_rogue, watch_plain = Watch(sub_rogue), Watch(sub_plain)
+
+    feeders = [
+        RawFeeder(ctx, [">" + fe], ["good"], KeyRing.client_opts(good_pub, proxy_key)),
+        RawFeeder(ctx, [">" + fe], ["rogue"], KeyRing.client_opts(rogue_pub, proxy_key)),
+        RawFeeder(ctx, [">" + fe], ["plain"], SocketOptions()),
+    ]
+    watch_feed_plain = Watch(feeders[2].pub.socket)
+    for f in feeders:
+        f.start()
+    try:
+        # Every refusal happened (ZAP said no to both rogue keys; the plaintext peers failed the handshake) ...
+        proxy.wait_for("refused CURVE client " + re.escape(_z85(rogue_sub.public)))
+        proxy.wait_for("refused CURVE client " + re.escape(_z85(rogue_pub.public)))
+        watch_rogue.wait(Watch.FAILED)
+        watch_plain.wait(Watch.FAILED | zmq.EVENT_DISCONNECTED)
+        watch_feed_plain.wait(Watch.FAILED | zmq.EVENT_DISCONNECTED)
+        # ... then the allowed pair exchanges 300 more messages.
+        got: list = []
+        while len(got) < 300:
+            assert sub_ok.poll(10_000), "allowed subscriber received nothing from the allowed publisher"
+            got.append(decode(sub_ok.recv_multipart()))
+        got += [decode(m) for m in drain(sub_ok)]
+    finally:
+        for f in feeders:
+            f.stop()
+    assert {m.header.stream for m in got} == {"good"}, "an unauthenticated publisher injected messages"
+    seqs = [m.header.seq for m in got]
+    assert seqs == sorted(seqs)
+    assert drain(sub_rogue) == [], "a subscriber with a key not in the allow list received messages"
+    assert drain(sub_plain) == [], "a plaintext subscriber received messages"
+    for w in (watch_rogue, watch_plain, watch_feed_plain):
+        w.close()
+    assert proxy.stop() == 0, proxy.log()
+
+
+def test_keys_command_writes_private_secret_and_refuses_to_overwrite(tmp_path) -> None:
+    cmd = [sys.executable, "-m", "common.net_cli", "keys", str(tmp_path / "k"), "box1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert first.returncode == 0, first.stderr
+    pub, sec = tmp_path / "k" / "box1.key", tmp_path / "k" / "box1.key_secret"
+    assert stat.S_IMODE(sec.stat().st_mode) == 0o600
+    public, secret = zmq.auth.load_certificate(str(sec))
+    assert secret and zmq.auth.load_certificate(str(pub)) == (public, None)
+    assert "--curve-secret" in first.stdout and "--curve-allow" in first.stdout and "--curve-server" in first.stdout
+    before = sec.read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert sec.read_bytes() == before
+
+
+def test_curve_server_without_allow_dir_is_a_clear_error(procs, keyring: KeyRing) -> None:
+    me = keyring.pair("proxy", allowed=False)
+    p = start_proxy(procs, "--frontend", tcp(), "--backend", tcp(), "--curve-secret", str(me.secret))
+    assert p.wait(20) != 0
+    p.wait_for("--curve-allow")
+    assert "Traceback" not in p.log()
