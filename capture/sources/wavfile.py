@@ -61,6 +61,7 @@ class FileSource(Source):
         except (sf.LibsndfileError, RuntimeError) as e:
             raise CaptureError(f"cannot read {path} as a sound file ({e}); give a WAV/FLAC/Ogg file.") from None
         self.path = path
+        self.total_frames = int(info.frames)  # samples per channel
         self.dtype, fmt = _SUBTYPES.get(info.subtype, ("float32", "f32"))
         self.fmt = StreamFormat(int(info.samplerate), int(info.channels), fmt)
         self.description = f"file:{path.name} ({info.subtype}, {info.samplerate} Hz, {info.channels} ch)"
