@@ -215,3 +215,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         sock.close()
         ctx.term()
     return 0
+
+
+if __name__ == "__main__":  # python -m classify.tail ARGS == soundbus tail ARGS
+    from classify.cli import register
+    from common.cli import standalone
+
+    standalone(register, "tail")
