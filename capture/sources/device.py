@@ -29,7 +29,7 @@ from capture.errors import CaptureError
 from capture.framer import StreamFormat, frames_for_ms
 from capture.sources.base import Backoff, Source, log
 from common.protocol import Flag
-from common.stage import StopFlag
+from common.stage import RateLimitedLog, StopFlag
 
 DTYPES = {"s16": "int16", "s32": "int32", "f32": "float32"}
 QUEUE_SECONDS = 2.0  # audio the callback queue holds before it drops blocks
@@ -56,10 +56,11 @@ class DeviceSource(Source):
         super().__init__(spec, opts)
         self.pulse_source: str | None = None
         self.device: InputDevice | None = None
-        self._q: queue.Queue[tuple[np.ndarray, int, float, float, bool]] | None = None
+        self._q: queue.Queue[tuple[np.ndarray, int, float, float, bool, int]] | None = None
         self._lost_total = 0  # samples dropped by the callback (written there only)
         self._lost_seen = 0
         self._stream: Any = None
+        self._warn = RateLimitedLog(log)
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -97,9 +98,10 @@ class DeviceSource(Source):
     # -- PortAudio thread ------------------------------------------------------------------
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        # Runs in PortAudio's thread: copy and hand over, nothing else (never block).
+        # Runs in PortAudio's thread: copy and hand over, nothing else (never block). Each item
+        # carries the running count of samples dropped before it, so the loss lands in the right place.
         item = (indata.copy(), time.time_ns(), time_info.inputBufferAdcTime, time_info.currentTime,
-                bool(status.input_overflow))
+                bool(status.input_overflow), self._lost_total)
         try:
             self._q.put_nowait(item)  # type: ignore[union-attr]
         except queue.Full:
@@ -163,7 +165,7 @@ class DeviceSource(Source):
         last = time.monotonic()
         while not stop:
             try:
-                block, wall, adc, cur, overflow = q.get(timeout=0.2)
+                block, wall, adc, cur, overflow, lost_before = q.get(timeout=0.2)
             except queue.Empty:
                 stream = self._stream
                 if stream is None or not stream.active:
@@ -172,13 +174,13 @@ class DeviceSource(Source):
                     raise DeviceLost(f"no audio for {self.opts.watchdog_s:g} s") from None
                 continue
             last = time.monotonic()
-            lost = self._lost_total - self._lost_seen
+            lost = lost_before - self._lost_seen
             if lost:
                 self._lost_seen += lost
-                log.warning("stream %s: callback queue full, %d samples lost", self.stream, lost)
+                self._warn.warning("overrun", f"stream {self.stream}: callback queue full, {lost} samples lost")
                 framer.lost(lost)
             if overflow:
-                log.warning("stream %s: PortAudio input overflow", self.stream)
+                self._warn.warning("overflow", f"stream {self.stream}: PortAudio input overflow")
                 framer.flag_next(Flag.OVERFLOW | Flag.DISCONTINUITY)
             framer.push(block.tobytes(), adc_wall_ns(wall, adc, cur, len(block), rate))
 

@@ -124,3 +124,50 @@ def test_capture_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'torchaudio' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_device_queue_overrun_is_counted_placed_and_flagged():
+    """The PortAudio callback path: a full queue drops blocks; the frame after them says exactly how many samples.
+
+    PortAudio cannot be made to overrun on demand, so the callback is called directly with
+    the two structs it receives (time info, status flags) as plain attribute holders.
+    """
+    import queue
+    from types import SimpleNamespace
+
+    from capture.sources.base import CaptureOptions
+    from capture.sources.device import DeviceLost, DeviceSource
+    from capture.spec import SourceSpec
+    from common.stage import StopFlag
+
+    src = DeviceSource(SourceSpec("device", "", "mic", "default"), CaptureOptions())
+    src.fmt = StreamFormat(16000, 1, "s16")
+    out: list[Header] = []
+    src.framer = StreamFramer("mic", src.fmt, 20, "test", lambda h, p: out.append(h))
+    src.framer.new_epoch(epoch=1)
+    src._q = queue.Queue(maxsize=2)
+    status = SimpleNamespace(input_overflow=False)
+
+    def callback(i: int) -> None:
+        t = SimpleNamespace(inputBufferAdcTime=10.0 + i * 0.02, currentTime=10.0 + i * 0.02 + 0.005)
+        src._callback(np.full((320, 1), i, "<i2"), 320, t, status)
+
+    import time
+
+    before = time.time_ns()
+    callback(0)
+    after = time.time_ns()
+    for i in range(1, 4):  # blocks 2 and 3 find the queue full
+        callback(i)
+    taken = [src._q.get(), src._q.get()]  # the reader catches up ...
+    callback(4)  # ... and block 4 fits again
+    pending = taken + [src._q.get()]
+    src._q = queue.Queue()
+    for item in pending:  # replay what the reader saw, in order
+        src._q.put(item)
+    with pytest.raises(DeviceLost):  # queue drained and no stream behind it: "device lost"
+        src._pump(StopFlag(install=False))
+    assert [h.offset for h in out] == [0, 320, 4 * 320]  # blocks 0, 1, then 4 after 640 lost samples
+    assert [h.flags for h in out] == [Flag.NONE, Flag.NONE, Flag.OVERFLOW | Flag.DISCONTINUITY]
+    # capture time = ADC time mapped to the wall clock: the block hit the ADC 5 ms before its callback ran
+    assert before - 5_000_000 <= out[0].t_capture_ns <= after - 5_000_000

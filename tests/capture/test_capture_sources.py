@@ -266,3 +266,19 @@ def test_no_input_device_points_to_devices_file_and_synth(tmp_path):
     assert r.returncode == 2
     assert "no audio input device found" in r.stderr
     assert "soundbus devices" in r.stderr and "--source file:" in r.stderr and "synth:" in r.stderr
+
+
+@needs_sox
+def test_loop_starts_a_new_epoch_each_pass(tmp_path, procs, collector):
+    x = make_signal("s16", 1, RATE // 5)  # 0.2 s: 10 frames
+    wav = sox_wav(tmp_path, "s16", 1, x, "short")
+    out = tcp()
+    start(procs, "capture", "--source", f"file:{wav}#loop", "--loop", "--fast", "--output", out)
+    col = collector(out, Kind.RAW)
+    col.collect(lambda ms: len({m.header.epoch for m in ms}) >= 4, timeout=20)
+    epochs = sorted({m.header.epoch for m in col.messages})[:3]  # three whole passes
+    for i, e in enumerate(epochs):
+        samples, hs = assemble_stream([m for m in col.messages if m.header.epoch == e])
+        assert np.array_equal(samples[:, 0], x[:, 0].astype("<i2"))
+        assert hs[-1].flags & Flag.END
+        assert bool(hs[0].flags & Flag.DISCONTINUITY) == (i > 0)  # the first epoch has nothing to break from
