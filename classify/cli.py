@@ -113,7 +113,7 @@ def run_classify(args: argparse.Namespace) -> int:
         try:
             worker.run(stop)
         finally:
-            log.info("%s", metrics.summary())
+            log.info("%s %s", metrics.summary(), worker.stats())
             worker.close()
     finally:
         model.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections import deque
@@ -178,6 +179,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     ctx = zmq.Context()
     sock = open_sub(ctx, inputs_of(args), _prefixes(args.stream, args.model), socket_options(args))
     receiver = Receiver([sock], metrics)
+    logging.getLogger("tail").info("ready inputs=%s", ",".join(inputs_of(args)))
     tracker = SequenceTracker(metrics)
     models = set(args.model or [])
     live = LiveView() if (out.isatty() and not args.json and not args.plain) else None
@@ -212,6 +214,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     finally:
         if live:
             live.__exit__(None, None, None)
+        receiver.close()
         sock.close()
         ctx.term()
     return 0

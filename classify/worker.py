@@ -243,12 +243,15 @@ class ClassifyWorker:
             self.pub.poll_subscriptions()
             self.drop_stale()
             self.serve()
-            per_window = self.model_cpu_s / self.windows_done * 1e3 if self.windows_done else 0.0
-            self.metrics.maybe_log_summary(
-                f"model={self.model.spec.name} windows={self.windows_done} batches={self.batches} "
-                f"model_cpu_ms_per_window={per_window:.3f}"
-            )
+            self.metrics.maybe_log_summary(self.stats())
+
+    def stats(self) -> str:
+        """``model=... windows=N batches=M model_cpu_ms_per_window=X`` for the log."""
+        per_window = self.model_cpu_s / self.windows_done * 1e3 if self.windows_done else 0.0
+        return (f"model={self.model.spec.name} windows={self.windows_done} batches={self.batches} "
+                f"model_cpu_ms_per_window={per_window:.3f}")
 
     def close(self) -> None:
+        self.receiver.close()
         self.sub.close()
         self.pub.close()

@@ -13,6 +13,7 @@ a single stream). Both give the same probabilities (tests/classify/test_classify
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from typing import Sequence
 
@@ -58,7 +59,9 @@ class SileroVad(Model):
         self.backend = backend
         data = resources.files("silero_vad.data")
         if backend == "jit":
-            wrapper = torch.jit.load(str(data.joinpath("silero_vad.jit")), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.11 marks jit.load deprecated; the file is TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                wrapper = torch.jit.load(str(data.joinpath("silero_vad.jit")), map_location="cpu")
             wrapper.eval()
             self._jit = wrapper._model  # forward(x (batch, 576), state (2, batch, 128)) -> (prob, state)
         elif backend == "onnx":
