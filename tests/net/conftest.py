@@ -98,22 +98,26 @@ class RawFeeder(threading.Thread):
         opts: SocketOptions | None = None,
         period_s: float = 0.002,
         epoch: int = 1,
+        frames: int = FRAMES,
+        limit: int | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.pub = Publisher(ctx, endpoints, opts)
         self.streams = streams
         self.period_s = period_s
         self.epoch = epoch
+        self.frames = frames
+        self.limit = limit  # messages per stream, then stop
         self.sent = 0
         self.seq = 0
         self._halt = threading.Event()
 
     def run(self) -> None:
         try:
-            while not self._halt.is_set():
+            while not self._halt.is_set() and (self.limit is None or self.seq < self.limit):
                 self.pub.poll_subscriptions()
                 for s in self.streams:
-                    if self.pub.send(raw_frames(s, self.seq, self.epoch)):
+                    if self.pub.send(raw_frames(s, self.seq, self.epoch, self.frames)):
                         self.sent += 1
                 self.seq += 1
                 self._halt.wait(self.period_s)
@@ -160,10 +164,10 @@ def client_sub(ctx: zmq.Context, addr: str, opts: SocketOptions | None, prefixes
     return sock
 
 
-def drain(sock: zmq.Socket) -> list[list[bytes]]:
-    """Every message waiting on ``sock`` right now."""
+def drain(sock: zmq.Socket, quiet_ms: int = 0) -> list[list[bytes]]:
+    """Every message waiting on ``sock``, until none arrives for ``quiet_ms``."""
     out = []
-    while sock.poll(0):
+    while sock.poll(quiet_ms):
         out.append(sock.recv_multipart())
     return out
 
