@@ -89,6 +89,10 @@ def run_capture(args: argparse.Namespace) -> int:
         opts = options_from(args)
         specs = parse_sources(args.source or ["default"], args.stream or [])
         sources = [make_source(s, opts) for s in specs]
+        fixed = [s.text for s in specs if s.kind in ("file", "pipe")]
+        if fixed and (args.rate or args.channels or args.format):
+            log.warning("--rate/--channels/--format do not apply to %s: published as stored (convert resamples)",
+                        ", ".join(fixed))
         for src in sources:
             src.prepare()
     except CaptureError as e:

@@ -55,7 +55,9 @@ class FileSource(Source):
     def prepare(self) -> None:
         path = Path(self.spec.arg).expanduser()
         if not path.is_file():
-            raise CaptureError(f"file {path} does not exist; give an existing sound file, e.g. --source file:speech.wav.")
+            raise CaptureError(
+                f"file {path} does not exist; give an existing sound file, e.g. --source file:speech.wav."
+            )
         try:
             info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError) as e:

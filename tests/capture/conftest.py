@@ -151,7 +151,7 @@ def assemble_stream(messages, stream: str | None = None):
     """
     import numpy as np
 
-    from common.protocol import Flag, Kind
+    from common.protocol import Kind
 
     raw = [m for m in messages if m.header.kind == Kind.RAW and (stream is None or m.header.stream == stream)]
     assert raw, "no raw frames received"

@@ -12,8 +12,7 @@ import time
 import wave
 
 import numpy as np
-import pytest
-from tests.capture.conftest import Pulse, start_pulse, stop_pulse
+from tests.capture.conftest import start_pulse, stop_pulse
 from tests.conftest import ALSA_SOUNDS, start, tcp
 
 from common.protocol import Flag, Kind, topic_for
@@ -104,7 +103,9 @@ def test_devices_lists_inputs_default_and_monitors(pulse):
 
     from tests.conftest import ROOT
 
-    code = "from common.cli import run; from capture.cli import register; raise SystemExit(run(['devices'], [register]))"
+    code = (
+        "from common.cli import run; from capture.cli import register; raise SystemExit(run(['devices'], [register]))"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=pulse.env, cwd=ROOT, capture_output=True, text=True,
                        timeout=20)
     assert r.returncode == 0, r.stderr
