@@ -1,0 +1,262 @@
+"""Helpers every benchmark shares: CPU time, percentiles, machine description, real processes.
+
+Named ``benchlib`` and not ``common``: a script run as ``python bench/bench_x.py`` has
+``bench/`` first on sys.path, so a ``bench/common.py`` would shadow the project's
+``common`` package for every bench script.
+
+Timing rules: CPU time comes from the kernel (time.process_time in-process,
+/proc/<pid>/stat for a live child), wall time from time.perf_counter / time.time_ns,
+and every figure is printed next to a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------------
+# numbers
+
+def percentiles(values: Sequence[float] | np.ndarray, ps: Iterable[float] = (50, 99)) -> dict[str, float]:
+    """{'p50': ..., 'p99': ...} of ``values`` (same unit in and out); NaN when empty."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{p:g}": (float(np.percentile(arr, p)) if arr.size else float("nan")) for p in ps}
+
+
+def ratio(value: float, baseline: float) -> float:
+    """value / baseline, NaN if the baseline is zero or missing."""
+    return float(value) / float(baseline) if baseline else float("nan")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by a live process (and its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15 of stat)
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """Resident set size of a live process in bytes."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+
+
+def self_rss_bytes() -> int:
+    return proc_rss_bytes(os.getpid())
+
+
+# ---------------------------------------------------------------------------------------
+# machine
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM, kernel, Python and the versions of the libraries measured."""
+    cpu = "unknown"
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    ram_gb = float("nan")
+    try:
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        ram_gb = round(int(m.group(1)) / 2**20, 1) if m else ram_gb
+    except OSError:
+        pass
+    import zmq
+
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "ram_gb": ram_gb,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+        "msgpack": _version("msgpack"),
+        "soxr": _version("soxr"),
+        "torch": _version("torch"),
+        "torchaudio": _version("torchaudio"),
+        "onnxruntime": _version("onnxruntime"),
+        "wyoming": _version("wyoming"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def machine_line(m: dict[str, Any] | None = None) -> str:
+    m = m or machine()
+    return (
+        f"{m['cpu']}, {m['nproc']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, numpy {m['numpy']}, "
+        f"pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), load {m['loadavg_1m']}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# output
+
+def emit(name: str, results: dict[str, Any], as_json: bool, table: list[tuple[str, ...]] | None = None) -> None:
+    """Print one JSON object (``--json``) or a human table with the machine line."""
+    if as_json:
+        print(json.dumps({"bench": name, "machine": machine(), **results}, default=_jsonable))
+        return
+    print(f"# {name}  ({machine_line()})")
+    if table:
+        print(format_table(table))
+    for k, v in results.items():
+        if k not in ("rows",) and not isinstance(v, (dict, list)):
+            print(f"{k}: {v}")
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Plain aligned columns; the first row is the header."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits, or '-' for NaN/None."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+
+
+# ---------------------------------------------------------------------------------------
+# real processes
+
+class Proc:
+    """A child process whose stdout and stderr lines are collected in the background."""
+
+    def __init__(self, argv: list[str], stdin: int | None = subprocess.DEVNULL, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._cond = threading.Condition()
+        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    def _pump(self, stream: Any, sink: list[str]) -> None:
+        for raw in iter(stream.readline, b""):
+            with self._cond:
+                sink.append(raw.decode(errors="replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 30.0, stdout: bool = False) -> str:
+        """The first line matching ``pattern``; RuntimeError with the log if it never comes."""
+        rx = re.compile(pattern)
+        sink = self.out if stdout else self.err
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in sink:
+                    if rx.search(line):
+                        return line
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self._cond.wait(0.3)
+                    for line in sink:
+                        if rx.search(line):
+                            return line
+                    what = f"exited {self.proc.returncode}" if self.proc.poll() is not None else "timed out"
+                    raise RuntimeError(f"{' '.join(self.argv[:6])} {what} before /{pattern}/:\n{self.log()}")
+                self._cond.wait(0.2)
+
+    def count(self, pattern: str, stdout: bool = False) -> int:
+        rx = re.compile(pattern)
+        with self._cond:
+            return sum(1 for line in (self.out if stdout else self.err) if rx.search(line))
+
+    def log(self, n: int = 30) -> str:
+        with self._cond:
+            return "\n".join(self.err[-n:] + self.out[-n:])
+
+    def json_result(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for the process to end and parse the last stdout line as JSON."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(f"{' '.join(self.argv[:6])} did not finish in {timeout}s:\n{self.log()}") from None
+        time.sleep(0.05)  # let the pump threads read the last line (process already exited)
+        with self._cond:
+            for line in reversed(self.out):
+                if line.startswith("{"):
+                    return json.loads(line)
+        raise RuntimeError(f"{' '.join(self.argv[:6])} printed no JSON (rc={self.proc.returncode}):\n{self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM the process group, then SIGKILL after ``timeout``."""
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def python_module(*args: str, **kw: Any) -> Proc:
+    """``python -m ARGS`` as a tracked child (e.g. python_module("convert", "--input", addr))."""
+    return Proc([sys.executable, "-m", *args], **kw)
+
+
+def python_script(script: str | Path, *args: str, **kw: Any) -> Proc:
+    return Proc([sys.executable, str(script), *args], **kw)
+
+
+def free_tcp() -> str:
+    """A tcp://127.0.0.1:PORT endpoint free right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
