@@ -140,3 +140,44 @@ def test_device_loss_reopens_with_a_new_epoch_and_heartbeats_go_on(pulse, procs,
     old = [m.header for m in col.messages if m.header.kind == Kind.RAW and m.header.epoch == first_epoch]
     assert [h.seq for h in old] == list(range(len(old)))
     print(cap.log())
+
+
+def test_two_loopbacks_in_one_process_each_get_their_own_sink(pulse, procs, collector, assemble):
+    """Two null sinks, two streams in one capture process, each recording only what its own sink plays."""
+    other = f"{pulse.sink}b"
+    pulse.pactl("load-module", "module-null-sink", f"sink_name={other}")
+    with open("/dev/zero", "rb") as zero:  # the second sink needs its keep-alive too
+        keep = subprocess.Popen(["pacat", "--playback", "--raw", "--latency-msec=10", "-d", other], stdin=zero,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=pulse.env)
+    try:
+        speech, rate = read_wav(SPEECH)
+        other_speech, _ = read_wav(ALSA_SOUNDS / "Rear_Right.wav")
+        out = tcp()
+        cap = start(procs, "capture", "--source", f"loopback:{pulse.sink}#a", "--source", f"loopback:{other}#b",
+                    "--rate", str(rate), "--format", "f32", "--output", out, env=pulse.env)
+        cap.wait_for("stream a: running")
+        cap.wait_for("stream b: running")
+        col = collector(out, Kind.RAW)
+        col.collect(lambda ms: {m.header.stream for m in ms} == {"a", "b"}, timeout=10)
+        plays = [
+            subprocess.Popen(["paplay", f"--device={sink}", str(path)], env=pulse.env)
+            for sink, path in ((pulse.sink, SPEECH), (other, ALSA_SOUNDS / "Rear_Right.wav"))
+        ]
+        for p in plays:
+            assert p.wait(20) == 0
+        t_done = time.time_ns()
+        col.collect(
+            lambda ms: all(any(m.header.stream == s and m.header.span_ns()[1] > t_done + 300_000_000 for m in ms)
+                           for s in ("a", "b")),
+            timeout=10,
+        )
+        for stream, mine, theirs in (("a", speech, other_speech), ("b", other_speech, speech)):
+            samples, hs = assemble(col.messages, stream)
+            assert hs[0].format == "f32"
+            x = samples[:, 0].astype(np.float64)
+            _, own = best_lag(x, mine)
+            _, cross = best_lag(x, theirs)
+            assert own > 0.95 and cross < 0.5, f"stream {stream}: own {own:.3f}, other sink's {cross:.3f}"
+    finally:
+        keep.terminate()
+        keep.wait(5)
