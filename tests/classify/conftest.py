@@ -105,6 +105,14 @@ class TensorSource:
             self.seq[key] = seq + 1
             self.offset[key] = off + part.shape[1]
 
+    def send_interleaved(self, streams: dict[str, np.ndarray], chunk: int = 320, epoch: int = 1) -> None:
+        """Send several streams chunk by chunk, alternating, as one convert worker would."""
+        longest = max(a.shape[-1] for a in streams.values())
+        for start in range(0, longest, chunk):
+            for name, a in streams.items():
+                if start < a.shape[-1]:
+                    self.send(name, a[..., start : start + chunk], chunk=chunk, epoch=epoch)
+
     def close(self) -> None:
         self.pub.close()
 
@@ -122,6 +130,29 @@ def tensor_source(zctx):
     yield make
     for s in made:
         s.close()
+
+
+def _root_conftest():
+    """tests/conftest.py as pytest loaded it (with --import-mode=importlib it is not importable by name)."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1] / "conftest.py"
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__file__", None) and Path(mod.__file__).resolve() == root:
+            return mod
+    raise RuntimeError("tests/conftest.py is not loaded")
+
+
+@pytest.fixture
+def start():
+    """start(procs, "classify", ...) from tests/conftest.py."""
+    return _root_conftest().start
+
+
+@pytest.fixture
+def tcp():
+    """tcp() -> a free loopback endpoint, from tests/conftest.py."""
+    return _root_conftest().tcp
 
 
 @pytest.fixture

@@ -1,0 +1,210 @@
+"""The classify worker as a real process: real speech, fan-out, batching, failures, staleness.
+
+Each test binds a tensor publisher (as convert would), starts worker processes on it and
+waits for their ``ready`` log line and their subscriptions before sending anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+
+from common.protocol import Flag, Kind
+
+HERE = os.path.dirname(__file__)
+NO_STALE = ["--max-lag-ms", "600000"]  # tests send faster than real time; keep every window
+
+
+def results_by_stream(messages) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for m in messages:
+        body = m.result()
+        body["_header"] = m.header
+        out.setdefault(m.header.stream, []).append(body)
+    return out
+
+
+def final_summary(proc) -> str:
+    """The summary line a worker logs on exit (stop it first)."""
+    for line in reversed(proc.lines):
+        if "classify: streams=" in line:
+            return line
+    raise AssertionError(f"no summary line in:\n{proc.log()}")
+
+
+def counter(summary: str, key: str) -> int:
+    m = re.search(rf"\b{key}=(\d+)", summary)
+    return int(m.group(1)) if m else 0
+
+
+def test_vad_and_yamnet_fan_out_on_real_audio(procs, start, tcp, collector, tensor_source, audio):
+    """One tensor stream set, two model workers: speech is speech, silence/noise/tone are not."""
+    tin, out_vad, out_yam = tcp(), tcp(), tcp()
+    src = tensor_source(tin)
+    vad = start(procs, "classify", "--model", "vad", "--input", tin, "--output", out_vad, *NO_STALE)
+    yam = start(procs, "classify", "--model", "yamnet", "--input", tin, "--output", out_yam, *NO_STALE)
+    vad.wait_for("ready", 60)
+    yam.wait_for("ready", 60)
+    col = collector(out_vad, Kind.RESULT)
+    tail = start(procs, "classify.tail", "--json", "--input", out_yam)
+    vad.wait_for("subscriber joined")
+    yam.wait_for("subscriber joined")
+    src.wait_subscribers(2)
+
+    half = audio.silence(0.5)
+    streams = {
+        "alsa": np.concatenate([half, audio.alsa_speech("Front_Center.wav"), half]),
+        "espeak": np.concatenate([half, audio.espeak("The quick brown fox jumps over the lazy dog."), half]),
+        "silence": audio.silence(3.0),
+        "noise": audio.white_noise(3.0),
+        "tone": audio.tone(3.0),
+    }
+    src.send_interleaved(streams)
+    n_vad = {k: len(a) // 512 for k, a in streams.items()}
+    n_yam = {k: 1 + (len(a) - 15600) // 7680 for k, a in streams.items()}
+    col.collect(lambda ms: len(ms) >= sum(n_vad.values()), timeout=60)
+    deadline = time.monotonic() + 60
+    while len(tail.out_lines) < sum(n_yam.values()):
+        assert time.monotonic() < deadline, f"tail printed {len(tail.out_lines)} of {sum(n_yam.values())}:\n{tail.log()}"
+        time.sleep(0.05)  # polling a list another thread fills; the condition is the data itself
+
+    # --- vad ---
+    vad_res = results_by_stream(col.messages)
+    for name, n in n_vad.items():
+        rs = vad_res[name]
+        assert len(rs) == n, f"{name}: {len(rs)} vad results, expected {n}"
+        assert [r["offset"] for r in rs] == [512 * k for k in range(n)]
+        assert all(r["end_ns"] - r["start_ns"] == 32_000_000 for r in rs)
+        assert [r["_header"].seq for r in rs] == list(range(n))
+        assert all(r["labels"][0][0] == "speech" for r in rs)
+    for name in ("alsa", "espeak"):
+        probs = np.array([r["labels"][0][1] for r in vad_res[name]])
+        starts = [e for r in vad_res[name] for e in r["events"] if e["state"] == "start"]
+        assert probs.max() > 0.9 and starts, f"{name}: no speech (max p {probs.max():.2f})"
+        t0 = vad_res[name][0]["start_ns"]
+        first = (starts[0]["t_ns"] - t0) / 1e9
+        assert 0.45 <= first <= 0.5 + len(streams[name]) / 16000, f"{name}: speech starts at {first:.2f} s"
+        stops = [e for r in vad_res[name] for e in r["events"] if e["state"] == "stop"]
+        assert stops and (stops[-1]["t_ns"] - t0) / 1e9 <= len(streams[name]) / 16000 - 0.2
+    for name in ("silence", "noise", "tone"):
+        probs = np.array([r["labels"][0][1] for r in vad_res[name]])
+        assert probs.max() < 0.5, f"{name}: speech probability {probs.max():.2f}"
+        assert not any(r["events"] for r in vad_res[name])
+
+    # --- yamnet, read from `soundbus tail --json` ---
+    yam_res: dict[str, list[dict]] = {}
+    for line in tail.out_lines:
+        rec = json.loads(line)
+        assert rec["model"] == "yamnet" and rec["trace"][-1][0] == "classify"
+        yam_res.setdefault(rec["stream"], []).append(rec)
+    for name, n in n_yam.items():
+        assert len(yam_res[name]) == n
+        assert all(r["end_ns"] - r["start_ns"] == 975_000_000 for r in yam_res[name])
+
+    def top(rec: dict, k: int = 3) -> set[str]:
+        return {lbl for lbl, _ in rec["labels"][:k]}
+
+    def speech_score(rec: dict) -> float:
+        return dict(rec["labels"]).get("Speech", 0.0)
+
+    for name in ("alsa", "espeak"):
+        assert max(speech_score(r) for r in yam_res[name]) > 0.8, yam_res[name]
+        assert any(e["label"] == "Speech" and e["state"] == "start" for r in yam_res[name] for e in r["events"])
+    for name in ("silence", "noise", "tone"):
+        assert max(speech_score(r) for r in yam_res[name]) < 0.5, f"{name} tagged Speech"
+    assert all(r["labels"][0][0] == "Silence" for r in yam_res["silence"])
+    assert all(top(r, 5) & {"White noise", "Static", "Noise", "Pink noise"} for r in yam_res["noise"]), [r["labels"] for r in yam_res["noise"]]
+    assert all(top(r) & {"Sine wave", "Dial tone", "Telephone", "Busy signal", "Beep, bleep"} for r in yam_res["tone"])
+
+
+def test_two_streams_batched_equal_unbatched(procs, start, tcp, collector, tensor_source, audio):
+    """Two streams through one vad worker (batched) give the scores of each stream run alone."""
+    from classify.batching import run_batch
+    from classify.models import load_model
+
+    tin, tout = tcp(), tcp()
+    src = tensor_source(tin)
+    w = start(procs, "classify", "--model", "vad", "--input", tin, "--output", tout, *NO_STALE)
+    w.wait_for("ready", 60)
+    col = collector(tout, Kind.RESULT)
+    w.wait_for("subscriber joined")
+    src.wait_subscribers(1)
+    streams = {"a": audio.alsa_speech("Front_Left.wav"), "b": audio.espeak("Batching must not change a thing.")}
+    src.send_interleaved(streams)
+    n = {k: len(a) // 512 for k, a in streams.items()}
+    col.collect(lambda ms: len(ms) >= sum(n.values()), timeout=60)
+    w.stop()
+    summary = final_summary(w)
+    assert counter(summary, "batches") < counter(summary, "windows"), f"no batching happened: {summary}"
+
+    got = results_by_stream(col.messages)
+    model = load_model("vad")
+    for name, a in streams.items():
+        state = model.new_state()
+        ref = [run_batch(model, [a[None, k * 512 : (k + 1) * 512].copy()], [state]).scores[0][0] for k in range(n[name])]
+        mine = [r["labels"][0][1] for r in got[name]]
+        np.testing.assert_allclose(mine, ref, atol=1e-5, err_msg=name)
+
+
+def test_bad_model_is_one_clear_sentence(procs, start):
+    p = start(procs, "classify", "--model", "nope")
+    assert p.wait(30) == 2
+    err = "\n".join(p.lines)
+    assert "unknown model 'nope'" in err and "vad" in err and "yamnet" in err and "Traceback" not in err
+
+
+def test_model_raising_on_one_window_is_skipped_and_counted(procs, start, tcp, collector, tensor_source, audio):
+    """A user model (module:factory) fails on one marked window: that window is skipped, the worker lives."""
+    tin, tout = tcp(), tcp()
+    src = tensor_source(tin)
+    w = start(procs, "classify", "--model", "flaky_model:make", "--input", tin, "--output", tout, *NO_STALE,
+              env={"PYTHONPATH": HERE})
+    w.wait_for("ready model=flaky", 60)
+    col = collector(tout, Kind.RESULT)
+    w.wait_for("subscriber joined")
+    src.wait_subscribers(1)
+
+    marked = audio.white_noise(1.0, amp=0.1)
+    marked[4 * 1600 + 100] = 0.95  # window 4 of 10 makes the model raise
+    src.send_interleaved({"a": marked, "b": audio.white_noise(1.0, amp=0.1, seed=1)})
+    src.send("hi-rate", audio.tone(0.5), rate=48_000)  # wrong rate: skipped with a reason
+    col.collect(lambda ms: len(ms) >= 19, timeout=30)
+    got = results_by_stream(col.messages)
+    assert [r["offset"] // 1600 for r in got["a"]] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert len(got["b"]) == 10 and "hi-rate" not in got
+    w.wait_for(r"raised on a window, skipped: RuntimeError: window marked to fail")
+    w.wait_for(r"skipping stream hi-rate: its tensor is 48000 Hz, model flaky needs 16000 Hz")
+
+    # still alive; a new epoch restarts the result sequence
+    src.send("a", audio.white_noise(0.2, amp=0.1), epoch=2, flags_first=Flag.DISCONTINUITY)
+    col.collect(lambda ms: sum(m.header.epoch == 2 for m in ms) >= 2, timeout=30)
+    assert [m.header.seq for m in col.messages if m.header.epoch == 2] == [0, 1]
+    w.stop()
+    summary = final_summary(w)
+    assert counter(summary, "model_error") == 1 and counter(summary, "wrong_rate") > 0, summary
+
+
+def test_falling_behind_drops_oldest_windows(procs, start, tcp, collector, tensor_source, audio):
+    """A model slower than the audio arrives: old windows are dropped and counted, none served late."""
+    tin, tout = tcp(), tcp()
+    src = tensor_source(tin)
+    w = start(procs, "classify", "--model", "flaky_model:make_slow", "--input", tin, "--output", tout,
+              "--max-lag-ms", "200", env={"PYTHONPATH": HERE})
+    w.wait_for("ready", 60)
+    col = collector(tout, Kind.RESULT)
+    w.wait_for("subscriber joined")
+    src.wait_subscribers(1)
+    src.send("s", audio.white_noise(10.0, amp=0.1))  # 100 windows at once; the model needs 20 ms each
+    col.drain(quiet_s=1.5, timeout=30)
+    w.stop()
+    summary = final_summary(w)
+    served = len(col.messages)
+    dropped = counter(summary, "stale_window")
+    assert dropped > 0 and served + dropped == 100, summary
+    offsets = [m.result()["offset"] for m in col.messages]
+    assert offsets == sorted(offsets) and offsets[-1] == 99 * 1600  # the newest audio is served
