@@ -137,7 +137,13 @@ class CaptureRunner:
                 ", ".join(f"{s.stream}={s.description}" for s in self.sources),
                 ", ".join(self.outputs),
             )
-            return self._loop(pub, threads, stop)
+            try:
+                return self._loop(pub, threads, stop)
+            finally:
+                stop.set()  # also on an error in the loop: sources must not outlive it
+                for t in threads:  # let sources close devices and subprocesses before exit
+                    if t.started:
+                        t.thread.join(3.0)
         finally:
             if pub is not None:
                 pub.socket.close(linger=END_LINGER_MS)
@@ -170,7 +176,7 @@ class CaptureRunner:
                 self._publish(pub, h, payload, stop)
                 self._drain(pub, stop)
             self._housekeeping(pub, threads)
-            if not gated and all(t.done for t in threads) and self.q.empty():
+            if not stop and not gated and all(t.done for t in threads) and self.q.empty():
                 failed = [t.source.stream for t in threads if t.failed]
                 log.info("all sources ended%s; %s", f" ({', '.join(failed)} failed)" if failed else "",
                          self.metrics.summary())

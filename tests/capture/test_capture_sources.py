@@ -282,3 +282,29 @@ def test_loop_starts_a_new_epoch_each_pass(tmp_path, procs, collector):
         assert np.array_equal(samples[:, 0], x[:, 0].astype("<i2"))
         assert hs[-1].flags & Flag.END
         assert bool(hs[0].flags & Flag.DISCONTINUITY) == (i > 0)  # the first epoch has nothing to break from
+
+
+def test_without_subscriber_a_file_waits_then_publishes_and_exits(tmp_path):
+    x = make_signal("s16", 1, 1600)
+    with __import__("wave").open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(RATE), w.writeframes(x.astype("<i2").tobytes())
+    r = subprocess.run(
+        [sys.executable, "-m", "capture", "--source", f"file:{tmp_path / 'a.wav'}", "--fast", "--wait-subscriber",
+         "0.5", "--output", tcp()],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "no subscriber after 0.5s; publishing anyway" in r.stderr and "all sources ended" in r.stderr
+
+
+def test_sigterm_stops_cleanly(procs, collector):
+    import signal
+
+    out = tcp()
+    cap = start(procs, "capture", "--source", "synth:noise", "--output", out)
+    col = collector(out, Kind.RAW)
+    col.collect(lambda ms: len(ms) >= 5, timeout=15)
+    t0 = time.monotonic()
+    assert cap.stop(signal.SIGTERM) == 0, cap.log()
+    assert time.monotonic() - t0 < 3
+    cap.wait_for("stopped; capture:")
