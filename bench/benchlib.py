@@ -148,8 +148,10 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 def fmt(x: float, digits: int = 3) -> str:
     """A number with ``digits`` significant digits, or '-' for NaN/None."""
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+    if x is None or (isinstance(x, float) and np.isnan(x)):
         return "-"
+    if isinstance(x, float) and np.isinf(x):
+        return "inf" if x > 0 else "-inf"
     return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
 
 
