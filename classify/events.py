@@ -54,11 +54,19 @@ class EventTracker:
         self.labels, self.on, self.off = labels, on, off
         self.hold = max(1, hold)  # windows below ``off`` in a row before a stop
         self.active = np.zeros(len(labels), dtype=bool)
+        self.n_active = 0
         self.below = np.zeros(len(labels), dtype=np.int32)  # consecutive windows below off, while active
         self.below_since = np.zeros(len(labels), dtype=np.int64)  # start ns of the first of them
 
     def update(self, scores: np.ndarray, t_ns: int) -> list[dict[str, Any]]:
         """Events caused by one window's scores (labels,), stamped with window start times (ns)."""
+        if not self.n_active:  # the common case, kept cheap: nothing on, does anything start?
+            starts = scores >= self.on
+            if not starts.any():
+                return []
+            self.active |= starts
+            self.n_active = int(starts.sum())
+            return [{"label": self.labels[i], "state": "start", "t_ns": t_ns} for i in np.flatnonzero(starts)]
         low = self.active & (scores < self.off)
         first_low = low & (self.below == 0)
         self.below_since[first_low] = t_ns
@@ -69,6 +77,7 @@ class EventTracker:
             return []
         self.active |= starts
         self.active &= ~stops
+        self.n_active = int(self.active.sum())
         self.below[stops] = 0
         return [
             {"label": self.labels[i], "state": "stop", "t_ns": int(self.below_since[i])} for i in np.flatnonzero(stops)
@@ -78,5 +87,6 @@ class EventTracker:
         """Stop every active label (the audio was interrupted at ``t_ns``); returns those stop events."""
         events = [{"label": self.labels[i], "state": "stop", "t_ns": t_ns} for i in np.flatnonzero(self.active)]
         self.active[:] = False
+        self.n_active = 0
         self.below[:] = 0
         return events

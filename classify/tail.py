@@ -101,12 +101,12 @@ class StreamView:
 class LiveView:
     """A rich table, one row per stream, redrawn a few times a second."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
         self.streams: dict[str, StreamView] = {}
-        self.console = Console()
+        self.console = console or Console()
         self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
 
     def __enter__(self) -> "LiveView":
@@ -132,6 +132,10 @@ class LiveView:
         if rec.get("latency_ms") is not None:
             v.latency_ms = rec["latency_ms"]
         self.live.update(self._render())
+
+    def render(self):
+        """The table as it is now (a rich renderable)."""
+        return self._render()
 
     def _render(self):
         from rich.table import Table
@@ -173,7 +177,9 @@ def _prefixes(streams: list[str] | None, models: list[str] | None) -> list[bytes
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Subscribe to results and print them until Ctrl-C (or ``--count`` results)."""
     out = out or sys.stdout
-    setup_logging(verbosity(args))
+    live_view = out.isatty() and not args.json and not args.plain
+    # on a terminal the live view owns the screen: log lines would tear it, so only warnings
+    setup_logging(verbosity(args) if not live_view or args.verbose else -1)
     stop = StopFlag()
     metrics = stage_metrics(args, "tail")
     ctx = zmq.Context()
@@ -182,7 +188,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     logging.getLogger("tail").info("ready inputs=%s", ",".join(inputs_of(args)))
     tracker = SequenceTracker(metrics)
     models = set(args.model or [])
-    live = LiveView() if (out.isatty() and not args.json and not args.plain) else None
+    live = LiveView() if live_view else None
     shown = 0
     try:
         if live:

@@ -55,7 +55,8 @@ class StreamWindows:
             raise ValueError(f"need 1 <= hop <= window samples, got window {window}, hop {hop}")
         self.rate, self.channels, self.window, self.hop = rate, channels, window, hop
         self.capacity = max(capacity, window + hop)
-        self._buf = np.zeros((channels, 2 * self.capacity), dtype=np.float32)
+        # grows on demand up to 2 x capacity: a large lag bound costs memory only when used
+        self._buf = np.zeros((channels, 2 * min(self.capacity, window + hop)), dtype=np.float32)
         self.reset()
 
     def reset(self, offset: int = 0) -> None:
@@ -84,8 +85,14 @@ class StreamWindows:
             hops = -(-excess // self.hop)
             dropped = self.skip(hops * self.hop)
         if self._start + self._count + frames > self._buf.shape[1]:
-            # compact: move the live part to the front (amortised: happens once per capacity)
-            self._buf[:, : self._count] = self._buf[:, self._start : self._start + self._count]
+            need = self._count + frames
+            if need > self._buf.shape[1] // 2 and self._buf.shape[1] < 2 * self.capacity:
+                grown = np.zeros((self.channels, min(2 * self.capacity, 4 * need)), dtype=np.float32)
+                grown[:, : self._count] = self._buf[:, self._start : self._start + self._count]
+                self._buf = grown
+            else:
+                # compact: move the live part to the front (amortised: at most once per half buffer)
+                self._buf[:, : self._count] = self._buf[:, self._start : self._start + self._count]
             self._start = 0
         end = self._start + self._count
         if frames > self._buf.shape[1] - end:  # one message bigger than the buffer: keep its tail

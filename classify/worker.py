@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -23,7 +24,17 @@ from classify.events import EventTracker, threshold_arrays
 from classify.models.base import Model, StreamState
 from classify.windows import StreamWindows, Window
 from common.metrics import StageMetrics
-from common.protocol import MAX_TRACE_HOPS, Flag, Header, Hop, Kind, Message, encode_result, shard_prefixes
+from common.protocol import (
+    MAX_TRACE_HOPS,
+    Flag,
+    Header,
+    Hop,
+    Kind,
+    Message,
+    encode_header,
+    shard_prefixes,
+    topic_for,
+)
 from common.publisher import Publisher
 from common.sockets import SocketOptions, open_sub
 from common.stage import Continuity, RateLimitedLog, Receiver, SequenceTracker, StopFlag
@@ -56,6 +67,7 @@ class StreamSlot:
         self.epoch = epoch
         self.result_seq = 0
         self.pending_events: list[dict[str, Any]] = []  # stops caused by a reset, sent with the next result
+        self.topic = b""  # result topic of this stream and model (cached: it is hashed from the names)
 
     def reset(self, offset: int, t_ns: int) -> None:
         """Forget audio and model state; active labels stop at ``t_ns``."""
@@ -138,6 +150,7 @@ class ClassifyWorker:
         w = StreamWindows(spec.rate, spec.channels, spec.window, spec.hop, capacity)
         w.reset(h.offset)
         slot = StreamSlot(self.model, w, EventTracker(spec.labels, self.on, self.off, spec.hold), h.epoch)
+        slot.topic = topic_for(Kind.RESULT, h.stream, spec.name)
         self.slots[h.stream] = slot
         log.info("stream %s: first tensor (epoch %d, %d Hz)", h.stream, h.epoch, h.rate)
         return slot
@@ -222,7 +235,9 @@ class ClassifyWorker:
         h.trace = (win.last.trace + [Hop("classify", win.last.t_in_ns, time.time_ns())])[-MAX_TRACE_HOPS:]
         slot.result_seq += 1
         self.windows_done += 1
-        if self.pub.send(encode_result(h, body)):
+        # == encode_result(h, body), with the topic computed once per stream
+        frames = [slot.topic, encode_header(h), msgpack.packb(body, use_bin_type=True)]
+        if self.pub.send(frames):
             self.metrics.frame_out(stream)
         else:
             self.metrics.drop("send_queue_full")

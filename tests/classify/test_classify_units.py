@@ -114,3 +114,20 @@ def test_cli_and_tail_do_not_import_torch() -> None:
 
     code = "import sys, classify.cli, classify.tail, classify.models; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_live_view_shows_level_labels_events_gaps_latency() -> None:
+    from rich.console import Console
+
+    from classify.tail import LiveView
+
+    console = Console(record=True, width=160, force_terminal=False)
+    view = LiveView(console)
+    view.update({"stream": "mic1", "model": "level", "labels": [["sound", 0.8]], "rms_dbfs": -12.0,
+                 "peak_dbfs": -3.0, "clipped": 0, "events": [], "latency_ms": 0.9}, gaps=0)
+    view.update({"stream": "mic1", "model": "vad", "labels": [["speech", 0.93]], "latency_ms": 2.5,
+                 "events": [{"label": "speech", "state": "start", "t_ns": T0}]}, gaps=3)
+    console.print(view.render())
+    text = console.export_text()
+    assert "mic1" in text and "vad: speech 0.93" in text and "-12.0 dB" in text and "█" in text
+    assert "▲speech (vad)" in text and " 3 " in text and "2.5 ms" in text
