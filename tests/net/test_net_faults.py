@@ -1,0 +1,153 @@
+"""Faults with real processes: kill -9 and restart a stage mid-stream, a slow classifier, SIGTERM.
+
+Pipeline: capture (synth, real time, 20 ms frames) -> convert -> classify --model level
+(100 ms windows) -> a result collector in the test. Every wait is on an observable event;
+the only clock reads are the measurements the assertions are about.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from common.protocol import Kind, Message, ProtocolError, decode, topic_for
+from common.sockets import SocketOptions
+from common.stage import Continuity, SequenceTracker
+from tests.conftest import StageProcess, start, tcp
+from tests.net.conftest import client_sub, rss_kib
+
+WINDOW = 1600  # level model: 100 ms at 16 kHz
+
+
+@dataclass
+class Pipeline:
+    raw: str
+    tensor: str
+    result: str
+    capture: StageProcess
+    convert: StageProcess
+    classify: StageProcess
+
+
+def start_convert(procs, raw: str, tensor: str, *extra: str) -> StageProcess:
+    p = start(procs, "convert", "--input", raw, "--output", tensor, *extra)
+    p.wait_for("ready")
+    return p
+
+
+def start_classify(procs, tensor: str, result: str, *extra: str) -> StageProcess:
+    p = start(procs, "classify", "--model", "level", "--input", tensor, "--output", result, *extra)
+    p.wait_for("ready", timeout=60)
+    return p
+
+
+def pipeline(procs, source: str = "synth:noise#mic1", capture_extra: tuple = (), classify_extra: tuple = ()) -> Pipeline:
+    raw, tensor, result = tcp(), tcp(), tcp()
+    classify = start_classify(procs, tensor, result, *classify_extra)
+    convert = start_convert(procs, raw, tensor)
+    capture = start(procs, "capture", "--source", source, "--output", raw, *capture_extra)
+    capture.wait_for("ready")
+    return Pipeline(raw, tensor, result, capture, convert, classify)
+
+
+class Results:
+    """Result messages from the classifier, with sequence accounting as `soundbus tail` does it."""
+
+    def __init__(self, ctx: zmq.Context, addr: str) -> None:
+        self.sock = client_sub(ctx, addr, SocketOptions(hwm=100_000), [topic_for(Kind.RESULT)])
+        self.tracker = SequenceTracker()
+        self.got: list[tuple[float, Message, Continuity]] = []  # (monotonic arrival, message, continuity)
+
+    def next(self, timeout: float) -> tuple[float, Message, Continuity]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0 and self.sock.poll(int(left * 1000)), f"no result within {timeout}s"
+            try:
+                msg = decode(self.sock.recv_multipart())
+            except ProtocolError as e:
+                raise AssertionError(f"classifier published an invalid message: {e}") from None
+            cont, _ = self.tracker.check(msg.header.stream, msg.header.epoch, msg.header.seq)
+            item = (time.monotonic(), msg, cont)
+            self.got.append(item)
+            return item
+
+    def take(self, n: int, timeout: float) -> list[tuple[float, Message, Continuity]]:
+        return [self.next(timeout) for _ in range(n)]
+
+
+def summary_counts(p: StageProcess, key: str) -> int:
+    """Sum of ``key=N`` (or ``key=a=1,b=2``) in a stage's last summary line."""
+    lines = [ln for ln in p.lines if f" {key}=" in ln]
+    assert lines, f"no summary line with {key}= in:\n{p.log()}"
+    m = re.search(rf" {key}=(\S+)", lines[-1])
+    return sum(int(v) for v in re.findall(r"(?:^|[=,])(\d+)(?=,|$)", m.group(1)))
+
+
+def _first_after_hole(res: Results, prev_offset: int, timeout: float) -> tuple[float, Message, Continuity, int]:
+    """Read results until one starts more than one hop after its predecessor: the first after the outage.
+
+    Results produced before the outage may still be queued toward us; they are contiguous.
+    Returns (arrival, message, continuity, hole in samples).
+    """
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0 or seen == 0, (
+            f"{seen} results arrived after the restart but none shows the outage: their offsets run on as if no "
+            f"audio was lost (a restarted producer reused the epoch and restarted its sequence numbers)"
+        )
+        t, msg, cont = res.next(max(0.1, left))
+        seen += 1
+        offset = msg.result()["offset"]
+        if offset - prev_offset > WINDOW:
+            return t, msg, cont, offset - prev_offset - WINDOW
+        prev_offset = offset
+
+
+def test_converter_killed_and_restarted_classifier_resumes_within_2s_reporting_the_gap(procs, ctx) -> None:
+    pl = pipeline(procs)
+    res = Results(ctx, pl.result)
+    before = res.take(5, 30)
+    pl.convert.stop(signal.SIGKILL)
+    t_kill = time.monotonic()
+    start_convert(procs, pl.raw, pl.tensor)
+    t0 = time.monotonic()
+    try:
+        t_first, first, cont, hole = _first_after_hole(res, before[-1][1].result()["offset"], 10)
+    except AssertionError as e:
+        pl.classify.stop()
+        raise AssertionError(f"{e}; classifier log:\n{pl.classify.log()}\nconverter:\n{procs[-1].log()}") from None
+    assert t_first - t0 < 2.0, f"classifier resumed {t_first - t0:.2f}s after the converter was back"
+    # The results themselves show the hole: at least most of the outage is missing audio.
+    assert hole >= (t0 - t_kill) * 16_000 / 2, f"hole of {hole} samples for a {t0 - t_kill:.2f}s outage"
+    assert cont is not Continuity.STALE
+    after = res.take(5, 5)
+    assert all(c is Continuity.NEXT for _, _, c in after)
+    # The classifier counted the discontinuity (a gap, a new epoch or a stream reset).
+    assert pl.classify.stop() == 0, pl.classify.log()
+    assert summary_counts(pl.classify, "gaps") > 0 or "reset" in pl.classify.log() or "epoch" in pl.classify.log()
+
+
+def test_classifier_killed_and_restarted_results_resume_within_2s_as_a_new_epoch_or_gap(procs, ctx) -> None:
+    pl = pipeline(procs)
+    res = Results(ctx, pl.result)
+    before = res.take(5, 30)
+    pl.classify.stop(signal.SIGKILL)
+    start_classify(procs, pl.tensor, pl.result)
+    t0 = time.monotonic()
+    t_first, first, cont = res.next(10)
+    assert t_first - t0 < 2.0, f"results resumed {t_first - t0:.2f}s after the classifier was back"
+    # A consumer of results (soundbus tail) must accept them: not stale, and the restart visible.
+    assert cont in (Continuity.NEW_EPOCH, Continuity.GAP), (
+        f"first result after a classifier restart is {cont.value} (epoch {first.header.epoch} seq {first.header.seq}; "
+        f"before: epoch {before[-1][1].header.epoch} seq {before[-1][1].header.seq}); a consumer drops stale ones"
+    )
+    assert first.result()["offset"] > before[-1][1].result()["offset"]
+    after = res.take(5, 5)
+    assert all(c is Continuity.NEXT for _, _, c in after)
