@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -151,3 +152,57 @@ def test_classifier_killed_and_restarted_results_resume_within_2s_as_a_new_epoch
     assert first.result()["offset"] > before[-1][1].result()["offset"]
     after = res.take(5, 5)
     assert all(c is Continuity.NEXT for _, _, c in after)
+
+
+def test_slow_classifier_keeps_lag_and_memory_bounded_and_counts_drops(procs, ctx) -> None:
+    # A model 3x slower than real time behind a real-time capture: without bounds its lag and
+    # memory would grow by 2 s and a few hundred KB every second.
+    pl = pipeline(procs, classify_extra=("--max-lag-ms", "1000"))
+    pl.classify.stop()
+    slow = start(procs, "classify", "--model", "tests.net.slow_model:make", "--max-lag-ms", "1000",
+                 "--input", pl.tensor, "--output", pl.result)
+    slow.wait_for("ready", timeout=60)
+    res = Results(ctx, pl.result)
+    lags, rss = [], []
+    for i in range(24):  # ~7 s of results at 0.3 s each
+        _, msg, _ = res.next(20)
+        lags.append((time.time_ns() - msg.result()["end_ns"]) / 1e9)
+        if i in (6, 23):
+            rss.append(rss_kib(slow.proc.pid))
+    late = lags[6:]
+    print(f"slow classifier lag s: {[round(x, 2) for x in lags]}, rss KiB {rss}")
+    # Bound: max lag (1 s) + one window (0.1 s) + the windows served in one pass at 0.3 s each.
+    assert max(late) < 5.0, f"lag grew to {max(late):.1f}s: {[round(x, 1) for x in lags]}"
+    assert late[-1] < late[0] + 2.0, f"lag keeps growing: {[round(x, 1) for x in lags]}"
+    assert rss[1] - rss[0] < 20_000, f"classifier memory grew by {rss[1] - rss[0]} KiB in ~5 s"
+    assert slow.stop() == 0, slow.log()
+    drops = summary_counts(slow, "drops")
+    assert drops > 0, f"a classifier 3x slower than real time dropped nothing?\n{slow.log()}"
+
+
+def test_sigterm_stops_every_stage_promptly_with_unsent_messages_queued(procs, ctx) -> None:
+    # capture --fast pushes 10 minutes of audio; the result subscriber below never reads, so the
+    # classifier's queue toward it is full when SIGTERM arrives.
+    raw, tensor, result = tcp(), tcp(), tcp()
+    stuck = ctx.socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"")
+    stuck.connect(result)
+    classify = start_classify(procs, tensor, result)
+    convert = start_convert(procs, raw, tensor)
+    res = Results(ctx, result)
+    capture = start(procs, "capture", "--source", "synth:noise#mic1", "--duration", "600", "--fast", "--output", raw)
+    res.take(3000, 60)  # 300 s of audio classified: far more than the stuck subscriber's queues hold
+    t0 = time.monotonic()
+    for p in (capture, convert, classify):
+        p.proc.send_signal(signal.SIGTERM)
+    for p in (capture, convert, classify):
+        try:
+            rc = p.wait(10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{p.argv[2]} still running 10 s after SIGTERM:\n{p.log()}") from None
+        took = time.monotonic() - t0
+        assert rc == 0, f"{p.argv[2]} exited {rc} on SIGTERM:\n{p.log()}"
+        assert took < 2.0, f"{p.argv[2]} took {took:.1f}s to stop"
+    stuck.close(0)
