@@ -1,0 +1,4 @@
+from common.cli import standalone
+from convert.cli import register
+
+standalone(register, "convert")
