@@ -438,7 +438,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--wait-subscriber", type=float, default=10.0, metavar="S",
                    help="wait up to S seconds for a first subscriber before sending (default 10; 0: don't)")
     add_stage_options(p, inputs=None, outputs="the default address of the first recorded kind")
-    p.set_defaults(func=cmd_replay, default_outputs=None)
+    p.set_defaults(func=_user_errors(cmd_replay), default_outputs=None)
 
     p = subparsers.add_parser("info", help="streams, formats, durations, counts, gaps and damage of a recording")
     p.add_argument("files", nargs="+", metavar="FILE")
