@@ -1,0 +1,102 @@
+"""soundbus export: every sample format and layout to a WAV that other readers agree with."""
+
+from __future__ import annotations
+
+import struct
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.protocol import Header, Kind, decode, encode
+from common.recording import RecordingWriter
+from tests.recording.conftest import TWO_STREAMS, read_all, soundbus
+
+RNG = np.random.default_rng(7)
+FRAMES, CHANNELS, RATE = 160, 2, 8000
+
+
+def samples(fmt: str) -> np.ndarray:
+    """(frames, channels) test signal in ``fmt``'s numpy dtype (s24 as (frames, channels, 3) bytes)."""
+    if fmt in ("f32", "f64"):
+        return RNG.uniform(-1, 1, (FRAMES, CHANNELS)).astype("<f4" if fmt == "f32" else "<f8")
+    if fmt == "s24":
+        return RNG.integers(0, 256, (FRAMES, CHANNELS, 3), dtype=np.uint8)
+    dt = {"s8": "i1", "u8": "u1", "s16": "<i2", "s32": "<i4"}[fmt]
+    info = np.iinfo(dt)
+    return RNG.integers(info.min, info.max, (FRAMES, CHANNELS), dtype=dt, endpoint=True)
+
+
+def make_recording(path: Path, fmt: str, layout: str, messages: int, skip: int | None = None) -> np.ndarray:
+    """A recording of stream "x" (kind raw); returns the whole signal (frames, channels[, 3])."""
+    chunks = [samples(fmt) for _ in range(messages)]
+    with RecordingWriter(path, {}) as w:
+        for seq, c in enumerate(chunks):
+            if seq == skip:
+                continue
+            kind = Kind.TENSOR if fmt == "f32" and layout == "planar" else Kind.RAW
+            h = Header(kind, "x", epoch=5, seq=seq, t_capture_ns=seq, rate=RATE, channels=CHANNELS, format=fmt,
+                       layout=layout, frames=FRAMES, offset=seq * FRAMES)
+            payload = np.ascontiguousarray(np.swapaxes(c, 0, 1) if layout == "planar" else c)
+            frames = encode(h, payload)
+            decode(frames)
+            w.write(frames, seq * 20_000_000)
+    return np.concatenate(chunks)
+
+
+def export(procs, src: Path, out: Path, *extra: str) -> None:
+    p = soundbus(procs, "export", str(src), "--stream", "x", "-o", str(out), *extra)
+    assert p.wait(30) == 0, p.log()
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "planar"])
+@pytest.mark.parametrize("fmt, width", [("s8", 1), ("u8", 1), ("s16", 2), ("s24", 3), ("s32", 4)])
+def test_integer_formats_export_as_pcm_wav(procs, tmp_path: Path, fmt: str, width: int, layout: str) -> None:
+    signal = make_recording(tmp_path / "r.sbrec", fmt, layout, 3)
+    export(procs, tmp_path / "r.sbrec", tmp_path / "o.wav")
+    with wave.open(str(tmp_path / "o.wav")) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (RATE, CHANNELS, width,
+                                                                                         3 * FRAMES)
+        data = w.readframes(w.getnframes())
+    expect = (signal.astype(np.int16) + 128).astype(np.uint8) if fmt == "s8" else signal  # WAV 8-bit is unsigned
+    assert data == np.ascontiguousarray(expect).tobytes()
+
+
+@pytest.mark.parametrize("fmt, layout", [("f32", "planar"), ("f32", "interleaved"), ("f64", "interleaved")])
+def test_float_formats_export_as_ieee_float_wav(procs, tmp_path: Path, fmt: str, layout: str) -> None:
+    sf = pytest.importorskip("soundfile")
+    signal = make_recording(tmp_path / "r.sbrec", fmt, layout, 3)
+    export(procs, tmp_path / "r.sbrec", tmp_path / "o.wav")
+    raw = (tmp_path / "o.wav").read_bytes()
+    tag, ch, rate, _, _, bits = struct.unpack_from("<HHIIHH", raw, 20)
+    assert (tag, ch, rate, bits) == (3, CHANNELS, RATE, 32 if fmt == "f32" else 64)
+    data, sr = sf.read(str(tmp_path / "o.wav"), dtype="float64", always_2d=True)
+    info = sf.info(str(tmp_path / "o.wav"))
+    assert sr == RATE and info.subtype == ("FLOAT" if fmt == "f32" else "DOUBLE")
+    np.testing.assert_array_equal(data, signal.astype(np.float64))
+
+
+def test_gap_is_filled_with_silence_unless_asked_not_to(procs, tmp_path: Path) -> None:
+    signal = make_recording(tmp_path / "r.sbrec", "s16", "interleaved", 4, skip=2)
+    export(procs, tmp_path / "r.sbrec", tmp_path / "filled.wav")
+    export(procs, tmp_path / "r.sbrec", tmp_path / "joined.wav", "--no-fill")
+    with wave.open(str(tmp_path / "filled.wav")) as w:
+        filled = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, CHANNELS)
+    with wave.open(str(tmp_path / "joined.wav")) as w:
+        joined = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, CHANNELS)
+    gap = slice(2 * FRAMES, 3 * FRAMES)
+    expect = signal.copy()
+    expect[gap] = 0
+    np.testing.assert_array_equal(filled, expect)
+    np.testing.assert_array_equal(joined, np.delete(signal, np.arange(2 * FRAMES, 3 * FRAMES), axis=0))
+
+
+def test_committed_recording_exports_its_speech(procs, tmp_path: Path) -> None:
+    out = tmp_path / "room48.wav"
+    p = soundbus(procs, "export", str(TWO_STREAMS), "--stream", "room48", "-o", str(out))
+    assert p.wait(30) == 0, p.log()
+    payloads = b"".join(bytes(r.frames[2]) for r in read_all(TWO_STREAMS)[0] if r.stream == "room48")
+    with wave.open(str(out)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (48000, 2, 48000)
+        assert w.readframes(48000) == payloads
