@@ -33,7 +33,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         type=float,
         default=1000.0,
         metavar="MS",
-        help="when behind by more than this much audio (beyond one window), drop the oldest (default 1000)",
+        help="drop (and count) windows whose audio ended longer ago than this, by the wall clock and "
+        "behind the stream's newest audio, instead of serving stale results; 0: never (default 1000)",
     )
     p.add_argument(
         "--threshold",

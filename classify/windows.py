@@ -140,6 +140,16 @@ class StreamWindows:
         self._advance(self.hop)
         return win
 
+    def oldest_window_end_ns(self) -> int:
+        """Wall-clock ns of the end of the oldest ready window. Call only when ``ready()``."""
+        last = self.offset + self.window
+        return self._time_of(self._anchor_of(last - 1), last)
+
+    def newest_end_ns(self) -> int:
+        """Wall-clock ns just after the newest buffered sample. Call only when something is buffered."""
+        a = self.anchors[-1]
+        return self._time_of(a, a.index + a.frames)
+
     def _advance(self, n: int) -> None:
         self._start += n
         self._count -= n

@@ -42,6 +42,7 @@ from common.stage import Continuity, RateLimitedLog, Receiver, SequenceTracker, 
 log = logging.getLogger("classify")
 
 MAX_DRAIN = 2000  # messages read per loop turn before serving windows (bounds one turn's latency)
+MIN_BUFFER_S = 60.0  # per-stream buffer bound (memory guard) when --max-lag-ms is smaller or off
 
 
 @dataclass
@@ -51,7 +52,7 @@ class WorkerConfig:
     inputs: list[str]
     outputs: list[str]
     shard: tuple[int, int] = (0, 1)
-    max_lag_ms: float = 1000.0  # audio older than this (beyond one window) is dropped, not classified
+    max_lag_ms: float = 1000.0  # windows ending longer ago than this are dropped, not classified (0: never)
     thresholds: list[tuple[str, float, float]] = field(default_factory=list)
     top_k: int | None = None
     opts: SocketOptions = field(default_factory=SocketOptions)
@@ -85,7 +86,8 @@ class ClassifyWorker:
         spec = model.spec
         self.top_k = min(cfg.top_k or spec.top_k, len(spec.labels))
         self.on, self.off = threshold_arrays(spec.labels, spec.thresholds, cfg.thresholds)
-        self.max_lag = int(cfg.max_lag_ms * spec.rate / 1000)
+        self.max_lag_ns = int(cfg.max_lag_ms * 1_000_000)
+        self.buffer_samples = spec.window + spec.hop + int(max(cfg.max_lag_ms / 1000, MIN_BUFFER_S) * spec.rate)
         self.slots: dict[str, StreamSlot] = {}
         self.tracker = SequenceTracker(metrics)
         self.sub = open_sub(ctx, cfg.inputs, shard_prefixes(Kind.TENSOR, *cfg.shard), cfg.opts)
@@ -142,12 +144,11 @@ class ClassifyWorker:
         samples = msg.samples()  # (channels, frames) float32, zero-copy view of the frame
         dropped = slot.windows.push(samples, h.t_capture_ns, h.seq, t_in_ns, h.trace)
         if dropped:
-            self._stale(h.stream, slot, dropped)
+            self._dropped(h.stream, slot, dropped, "buffer_full")
 
     def _new_slot(self, h: Header) -> StreamSlot:
         spec = self.model.spec
-        capacity = spec.window + self.max_lag + spec.hop
-        w = StreamWindows(spec.rate, spec.channels, spec.window, spec.hop, capacity)
+        w = StreamWindows(spec.rate, spec.channels, spec.window, spec.hop, self.buffer_samples)
         w.reset(h.offset)
         slot = StreamSlot(self.model, w, EventTracker(spec.labels, self.on, self.off, spec.hold), h.epoch)
         slot.topic = topic_for(Kind.RESULT, h.stream, spec.name)
@@ -155,24 +156,38 @@ class ClassifyWorker:
         log.info("stream %s: first tensor (epoch %d, %d Hz)", h.stream, h.epoch, h.rate)
         return slot
 
-    def _stale(self, stream: str, slot: StreamSlot, windows: int) -> None:
+    def _dropped(self, stream: str, slot: StreamSlot, windows: int, why: str) -> None:
         """``windows`` were dropped unclassified: count them, and restart the model state."""
-        self.metrics.drop("stale_window", windows)
-        self.warn.warning(f"stale:{stream}", f"stream {stream}: behind by more than {self.cfg.max_lag_ms:g} ms, "
-                                             f"dropped {windows} window(s)")
+        self.metrics.drop("stale_window" if why == "stale" else "buffer_full", windows)
+        text = (f"behind by more than {self.cfg.max_lag_ms:g} ms" if why == "stale"
+                else f"more than {self.buffer_samples / self.model.spec.rate:.0f} s of audio waiting")
+        self.warn.warning(f"{why}:{stream}", f"stream {stream}: {text}, dropped the oldest {windows} window(s)")
         if slot.state is not None:
             slot.state.reset()
 
-    def drop_stale(self) -> None:
-        """Keep at most one window plus max_lag of unclassified audio per stream."""
-        limit = self.model.spec.window + self.max_lag
+    def drop_stale(self, now_ns: int) -> None:
+        """Drop the oldest windows of every stream whose results would come too late.
+
+        A window's lag is how long ago its audio ended, measured two ways, and the smaller
+        counts: by the wall clock (``now - end``; a live source we fell behind) and by the
+        stream's own newest audio (``newest - end``; audio waiting behind it). So a file
+        replayed faster than real time (stamps ahead of the clock) is never dropped, nor is
+        a recording replayed at its pace with its old stamps, unless the worker falls behind it.
+        """
+        if self.max_lag_ns <= 0:
+            return
+        hop_ns = self.model.spec.hop * 1_000_000_000 // self.model.spec.rate
         for stream, slot in self.slots.items():
-            excess = slot.windows.buffered - limit
-            if excess > 0:
-                hops = -(-excess // self.model.spec.hop)
-                dropped = slot.windows.skip(hops * self.model.spec.hop)
+            w = slot.windows
+            if w.ready_count() < 2:  # never drop the only window there is
+                continue
+            end = w.oldest_window_end_ns()
+            lag = min(now_ns - end, w.newest_end_ns() - end)
+            if lag > self.max_lag_ns:
+                hops = min(-(-(lag - self.max_lag_ns) // hop_ns), w.ready_count() - 1)
+                dropped = w.skip(hops * self.model.spec.hop)
                 if dropped:
-                    self._stale(stream, slot, dropped)
+                    self._dropped(stream, slot, dropped, "stale")
 
     # ---- model and output ----------------------------------------------------------
 
@@ -256,7 +271,7 @@ class ClassifyWorker:
                     break
                 msg = self.receiver.recv(0)
             self.pub.poll_subscriptions()
-            self.drop_stale()
+            self.drop_stale(time.time_ns())
             self.serve()
             self.metrics.maybe_log_summary(self.stats())
 

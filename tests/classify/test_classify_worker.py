@@ -189,6 +189,22 @@ def test_model_raising_on_one_window_is_skipped_and_counted(procs, start, tcp, c
     assert counter(summary, "model_error") == 1 and counter(summary, "wrong_rate") > 0, summary
 
 
+def test_fast_replay_is_not_stale(procs, start, tcp, collector, tensor_source, audio):
+    """Audio stamped ahead of the clock (a file replayed fast) is all classified, with the default lag bound."""
+    tin, tout = tcp(), tcp()
+    src = tensor_source(tin)
+    w = start(procs, "classify", "--model", "flaky_model:make_slow", "--input", tin, "--output", tout,
+              env={"PYTHONPATH": HERE})
+    w.wait_for("ready", 60)
+    col = collector(tout, Kind.RESULT)
+    w.wait_for("subscriber joined")
+    src.wait_subscribers(1)
+    src.t0 = time.time_ns()  # stamped from now on (as a file read with --fast), sent at once
+    src.send("s", audio.white_noise(5.0, amp=0.1))
+    col.collect(lambda ms: len(ms) >= 50, timeout=30)
+    assert [m.result()["offset"] // 1600 for m in col.messages] == list(range(50))
+
+
 def test_falling_behind_drops_oldest_windows(procs, start, tcp, collector, tensor_source, audio):
     """A model slower than the audio arrives: old windows are dropped and counted, none served late."""
     tin, tout = tcp(), tcp()
@@ -199,6 +215,7 @@ def test_falling_behind_drops_oldest_windows(procs, start, tcp, collector, tenso
     col = collector(tout, Kind.RESULT)
     w.wait_for("subscriber joined")
     src.wait_subscribers(1)
+    src.t0 = time.time_ns() - 10_000_000_000  # 10 s of live audio captured while the worker was stuck
     src.send("s", audio.white_noise(10.0, amp=0.1))  # 100 windows at once; the model needs 20 ms each
     col.drain(quiet_s=1.5, timeout=30)
     w.stop()
