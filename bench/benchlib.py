@@ -118,9 +118,14 @@ def machine_line(m: dict[str, Any] | None = None) -> str:
 # output
 
 def emit(name: str, results: dict[str, Any], as_json: bool, table: list[tuple[str, ...]] | None = None) -> None:
-    """Print one JSON object (``--json``) or a human table with the machine line."""
+    """Print one JSON object (``--json``) or a human table with the machine line.
+
+    In JSON the table is kept too (``"table"``: rows of strings, first row the header), so
+    run_all.py can render every benchmark's table into docs/benchmarks.md.
+    """
     if as_json:
-        print(json.dumps({"bench": name, "machine": machine(), **results}, default=_jsonable))
+        extra = {"table": [list(map(str, r)) for r in table]} if table else {}
+        print(json.dumps({"bench": name, "machine": machine(), **results, **extra}, default=_jsonable))
         return
     print(f"# {name}  ({machine_line()})")
     if table:
