@@ -1,0 +1,240 @@
+"""Run every benchmark, one after the other, and summarise: one command for the whole suite.
+
+Each ``bench/bench_*.py`` runs in its own process with ``--json`` (one at a time: they
+measure CPU and must not compete with each other). Their JSON objects are collected into
+``--out`` (default bench/results.json) and a summary table is printed. With ``--docs`` the
+marked sections of docs/benchmarks.md (``<!-- bench:NAME:begin -->`` ... ``end``) are
+rewritten from the results, so the document always shows the numbers of one run.
+
+    /tmp/venv/bin/python bench/run_all.py                  # everything, ~5 min on 2 cores
+    /tmp/venv/bin/python bench/run_all.py --quick          # shorter runs of the suite's own benches
+    /tmp/venv/bin/python bench/run_all.py --only floor,peers --docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import benchlib as bl
+
+# Cheap ones first; the process-pipeline ones last. Unknown scripts run in between.
+ORDER = ["floor", "peers", "capture", "convert", "classify", "latency", "memory"]
+QUICK_ARGS = {
+    "floor": ["--count", "20000", "--repeat", "1"],
+    "peers": ["--count", "10000", "--repeat", "1", "--paced-seconds", "3"],
+    "latency": ["--seconds", "8", "--calib-seconds", "4"],
+    "memory": ["--streams", "20", "--replay-seconds", "15", "--warmup", "5"],
+    "capture": ["--seconds", "10"],
+}
+DOCS = bl.ROOT / "docs" / "benchmarks.md"
+
+
+def discover() -> list[str]:
+    names = [p.stem.removeprefix("bench_") for p in sorted(bl.BENCH.glob("bench_*.py"))]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else ORDER.index("latency") - 0.5, n))
+
+
+def run_one(name: str, extra: list[str], timeout: float) -> dict[str, Any]:
+    """Run one script with --json; the result dict, or one with ``error`` set."""
+    argv = [sys.executable, str(bl.BENCH / f"bench_{name}.py"), "--json", *extra]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=bl.ROOT)
+    except subprocess.TimeoutExpired as e:
+        err = (e.stderr or b"")[-2000:]
+        return {"bench": name, "error": f"timed out after {timeout:g} s",
+                "stderr": err.decode(errors="replace") if isinstance(err, bytes) else err,
+                "wall_s": time.monotonic() - t0}
+    wall = time.monotonic() - t0
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                res = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            res.setdefault("bench", name)
+            res["wall_s"], res["rc"] = wall, p.returncode
+            return res
+    return {"bench": name, "error": f"exit {p.returncode}, no JSON on stdout", "stderr": p.stderr[-2000:], "wall_s": wall}
+
+
+# ---------------------------------------------------------------------------------------
+# headline figures
+
+def _get(d: Any, *path: str, default: Any = None) -> Any:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def headline(r: dict[str, Any]) -> str:
+    """One line per benchmark: its main figure next to its baseline."""
+    if "error" in r:
+        return f"FAILED: {r['error']}"
+    n, f = r.get("bench"), bl.fmt
+    try:
+        if n == "floor":
+            return (f"bare pyzmq {f(r['bare']['fps'])} frames/s; soundbus hop {f(r['soundbus']['fps'])} "
+                    f"(x{f(r['fps_ratio'])}), recv CPU x{f(r['recv_cpu_ratio'])}")
+        if n == "peers":
+            parts = []
+            t = r.get("transport")
+            if t:
+                parts.append(f"vs Wyoming: chunks/s x{f(t['fps_ratio_soundbus_over_wyoming'])}, "
+                             f"recv CPU x{f(t['recv_cpu_ratio_soundbus_over_wyoming'])}")
+            for name, s in _get(r, "convert", "signals", default={}).items():
+                parts.append(f"{name}: seed SNR {f(s['seed']['snr_db'])} dB, stateless {f(s['stateless_fullscale']['snr_db'])}"
+                             f" dB, streaming {f(s['soxr_stream']['snr_db'])} dB, "
+                             f"x{f(bl.ratio(s['seed']['us_per_chunk'], s['soxr_stream']['us_per_chunk']))} faster")
+                break
+            return "; ".join(parts)
+        if n == "latency":
+            legs = r["legs"]
+            return (f"{r['streams']} streams: capture->result beyond window p99 "
+                    f"{f(legs['capture_to_result_beyond_window']['p99'])} ms, software p99 "
+                    f"{f(legs['software_convert_in_to_classify_out']['p99'])} ms, link p99 "
+                    f"{f(legs['convert_to_classify']['p99'])} ms (bare hop {f(r['baseline_bare_hop_ms']['p99'])} ms); "
+                    f"targets met: {sum(r['targets_met'].values())}/{len(r['targets_met'])}")
+        if n == "memory":
+            parts = []
+            ps = r.get("per_stream")
+            if ps:
+                parts.append(f"per stream: convert {f(ps['per_stream_kib']['convert'])} KiB, "
+                             f"classify {f(ps['per_stream_kib']['classify'])} KiB")
+            g = _get(r, "replay", "growth")
+            if g:
+                parts.append(f"replay growth convert {g['convert']['growth'] * 100:+.2f} %, "
+                             f"classify {g['classify']['growth'] * 100:+.2f} %")
+            return "; ".join(parts)
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        return f"(no headline: {type(e).__name__} {e})"
+    table = r.get("table")
+    if table and len(table) > 1:
+        return f"{len(table) - 1} rows; first: " + " | ".join(table[1])[:110]
+    return f"{len(flatten(r))} figures"
+
+
+def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Numeric leaves of a JSON object as (dotted.path, value); the machine block left out."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k in ("machine", "table", "samples", "stderr"):
+                continue
+            out += flatten(v, f"{prefix}{k}.")
+    elif isinstance(d, list):
+        for i, v in enumerate(d[:20]):
+            out += flatten(v, f"{prefix}{i}.")
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        out.append((prefix.rstrip("."), d))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# markdown
+
+def md_table(rows: list[list[str]]) -> str:
+    esc = [[str(c).replace("|", "\\|") for c in r] for r in rows]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(esc[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return "\n".join(lines)
+
+
+def render(r: dict[str, Any]) -> str:
+    """A benchmark's section body: its table (or its numbers), when and where it ran."""
+    when = r.get("_when", "")
+    m = r.get("machine")
+    head = f"_Run {when}" + (f" on {bl.machine_line(m)}" if m else "") + f", {r.get('wall_s', 0):.0f} s._\n\n"
+    if "error" in r:
+        return head + f"**Failed:** {r['error']}\n\n```\n{r.get('stderr', '')[-800:]}\n```\n"
+    if r.get("table"):
+        body = md_table(r["table"])
+    else:
+        flat = flatten(r)
+        rows = [["figure", "value"]] + [[k, bl.fmt(float(v), 4)] for k, v in flat if k not in ("wall_s", "rc")][:60]
+        body = md_table(rows)
+    extra = ""
+    if r.get("bench") == "latency":
+        extra = ("\n\nstreams: " + str(r.get("streams")) + "; CPU share per process: "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in r.get("cpu_share", {}).items())
+                 + "; audio held inside soxr.ResampleStream (ms mean/max): "
+                 + ", ".join(f"{q} {v['mean']:.1f}/{v['max']:.1f}" for q, v in r.get("soxr_buffering_ms", {}).items()))
+    return head + body + extra + "\n"
+
+
+def fill_docs(results: dict[str, dict], path: Path = DOCS) -> list[str]:
+    """Rewrite each ``<!-- bench:NAME:begin -->`` ... ``<!-- bench:NAME:end -->`` section; returns names filled."""
+    text = path.read_text()
+    filled = []
+    for name, r in results.items():
+        rx = re.compile(rf"(<!-- bench:{re.escape(name)}:begin -->\n)(.*?)(<!-- bench:{re.escape(name)}:end -->)", re.S)
+        if rx.search(text):
+            text = rx.sub(lambda m: m.group(1) + render(r) + m.group(3), text)
+            filled.append(name)
+    path.write_text(text)
+    return filled
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", help="comma-separated benchmark names (e.g. floor,peers)")
+    ap.add_argument("--skip", default="", help="comma-separated names to leave out")
+    ap.add_argument("--quick", action="store_true", help="shorter runs where a bench knows how")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per benchmark before it is stopped")
+    ap.add_argument("--out", type=Path, default=bl.BENCH / "results.json", help="where to write all results")
+    ap.add_argument("--docs", action="store_true", help="fill the marked sections of docs/benchmarks.md")
+    ap.add_argument("--from-results", action="store_true", help="do not run: re-render --out (with --docs)")
+    args = ap.parse_args()
+
+    if args.from_results:
+        results = json.loads(args.out.read_text())["results"]
+    else:
+        names = discover()
+        if args.only:
+            wanted = [n.strip() for n in args.only.split(",")]
+            missing = [n for n in wanted if n not in names]
+            if missing:
+                raise SystemExit(f"soundbus: no bench/bench_{missing[0]}.py; known: {', '.join(names)}.")
+            names = [n for n in names if n in wanted]
+        names = [n for n in names if n not in args.skip.split(",")]
+        print(f"# soundbus benchmarks: {', '.join(names)}\n# {bl.machine_line()}", flush=True)
+        results: dict[str, dict] = {}
+        if args.out.exists():  # keep earlier results of benches not run now (for --docs)
+            try:
+                results = json.loads(args.out.read_text()).get("results", {})
+            except (json.JSONDecodeError, OSError):
+                results = {}
+        for n in names:
+            print(f"running {n} ...", end=" ", flush=True)
+            r = run_one(n, QUICK_ARGS.get(n, []) if args.quick else [], args.timeout)
+            r["_when"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            r["_quick"] = args.quick
+            results[n] = r
+            print(f"{r['wall_s']:.0f} s" + (" FAILED" if "error" in r else ""), flush=True)
+            args.out.write_text(json.dumps({"machine": bl.machine(), "results": results}, indent=1))
+        rows = [("bench", "status", "wall s", "headline (vs baseline in the same run)")]
+        for n in names:
+            r = results[n]
+            rows.append((n, "FAILED" if "error" in r else "ok", f"{r['wall_s']:.0f}", headline(r)))
+        print()
+        print(bl.format_table(rows))
+        print(f"\nall results: {args.out}")
+    if args.docs:
+        filled = fill_docs(results)
+        print(f"docs/benchmarks.md: filled {', '.join(filled) or 'nothing'}")
+    ran = results.values() if args.from_results else [results[n] for n in names]
+    return 1 if any("error" in r for r in ran) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
