@@ -95,3 +95,29 @@ def test_curve_server_without_allow_dir_is_a_clear_error(procs, keyring: KeyRing
     assert p.wait(20) != 0
     p.wait_for("--curve-allow")
     assert "Traceback" not in p.log()
+
+
+def test_stage_input_bound_as_curve_server_takes_only_allowed_publishers(procs, keyring: KeyRing, ctx) -> None:
+    """convert binds its input (``--input @ADDR``) as a CURVE server; captures connect to it."""
+    from common.protocol import Kind, topic_for
+    from tests.conftest import start
+
+    inference, good, rogue = keyring.pair("inference", True), keyring.pair("capture-good", True), keyring.pair("rogue", False)
+    raw, tensor = tcp(), tcp()
+    convert = start(procs, "convert", "--input", "@" + raw, "--output", "@" + tensor,
+                    *keyring.server_flags(inference), "--curve-server", str(inference.public))
+    convert.wait_for("ready")
+    out = client_sub(ctx, tensor, KeyRing.client_opts(inference, inference), [topic_for(Kind.TENSOR)])
+    caps = [
+        start(procs, "capture", "--source", f"synth:tone#{name}", "--output", ">" + raw, "--wait-subscriber", "0",
+              "--curve-secret", str(key.secret), "--curve-server", str(inference.public))
+        for name, key in (("good", good), ("rogue", rogue))
+    ]
+    plain = start(procs, "capture", "--source", "synth:noise#plain", "--output", ">" + raw, "--wait-subscriber", "0")
+    convert.wait_for("refused CURVE client " + re.escape(_z85(rogue.public)))
+    got = []
+    while len(got) < 60:  # ~2 s of the allowed capture, all after the rogue was refused
+        assert out.poll(20_000), f"no tensors from the allowed capture:\n{convert.log()}"
+        got.append(decode(out.recv_multipart()))
+    assert {m.header.stream for m in got} == {"good"}, "an unauthenticated capture injected a stream"
+    assert plain.proc.poll() is None and all(c.proc.poll() is None for c in caps)
