@@ -225,3 +225,24 @@ def test_falling_behind_drops_oldest_windows(procs, start, tcp, collector, tenso
     assert dropped > 0 and served + dropped == 100, summary
     offsets = [m.result()["offset"] for m in col.messages]
     assert offsets == sorted(offsets) and offsets[-1] == 99 * 1600  # the newest audio is served
+
+
+def test_wakeword_fires_on_its_phrase_only(procs, start, tcp, collector, tensor_source, audio):
+    """openWakeWord (optional extra): 'hey jarvis' and 'alexa' fire their own word, other speech nothing."""
+    pytest.importorskip("openwakeword", reason="wakeword is an optional extra: pip install openwakeword==0.5.1")
+    tin, tout = tcp(), tcp()
+    src = tensor_source(tin)
+    w = start(procs, "classify", "--model", "wakeword", "--input", tin, "--output", tout, *NO_STALE)
+    w.wait_for("ready", 60)
+    col = collector(tout, Kind.RESULT)
+    w.wait_for("subscriber joined")
+    src.wait_subscribers(1)
+    pad = audio.silence(0.5)
+    streams = {k: np.concatenate([pad, audio.espeak(text), audio.silence(1.0)])
+               for k, text in {"jarvis": "hey jarvis", "alexa": "alexa", "other": "what a nice day"}.items()}
+    src.send_interleaved(streams)
+    n = sum(len(a) // 1280 for a in streams.values())
+    col.collect(lambda ms: len(ms) >= n, timeout=60)
+    got = results_by_stream(col.messages)
+    fired = {k: {e["label"] for r in rs for e in r["events"] if e["state"] == "start"} for k, rs in got.items()}
+    assert fired == {"jarvis": {"hey_jarvis"}, "alexa": {"alexa"}, "other": set()}, fired
