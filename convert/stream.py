@@ -165,7 +165,17 @@ class StreamState:
         self.anchor_t_ns = t_ns
         self.anchor_offset = out_offset
         self.produced = 0
-        self.pending_flags = flags
+        # (output offset, flags): flags go on the frame holding that sample (or the next one)
+        self.pending: list[tuple[int, Flag]] = [(out_offset, flags)] if flags else []
+
+    def mark(self, flags: Flag) -> None:
+        """Flag the output frame that will hold the next input sample pushed (gap, overflow)."""
+        r = self.resampler
+        self.pending.append((self.anchor_offset + (r.samples_in * r.out_rate) // r.in_rate, flags))
+
+    def set_start_flags(self, flags: Flag) -> None:
+        """Replace the flags of the first frame after (re)start."""
+        self.pending = [(self.anchor_offset, flags)] if flags else []
 
     @property
     def out_offset(self) -> int:
@@ -192,8 +202,11 @@ class StreamState:
         rest = self.frames.take_rest()
         if rest is not None:
             out += self._frames([rest])
-        if out and flags:
+        if out:
+            for _, f in self.pending:  # marks past the end of the signal land on its last frame
+                flags |= f
             out[-1].flags |= flags
+        self.pending = []
         return out
 
     def _frames(self, blocks: list[np.ndarray]) -> list[OutFrame]:
@@ -201,8 +214,14 @@ class StreamState:
         for b in blocks:
             off = self.anchor_offset + self.produced
             t = self.anchor_t_ns + (self.produced * NS) // self.out_rate
-            out.append(OutFrame(b, self.seq, off, t, self.pending_flags))
-            self.pending_flags = Flag.NONE
+            flags = Flag.NONE
+            if self.pending:
+                end = off + b.shape[1]
+                for pos, f in self.pending:
+                    if pos < end:
+                        flags |= f
+                self.pending = [(pos, f) for pos, f in self.pending if pos >= end]
+            out.append(OutFrame(b, self.seq, off, t, flags))
             self.seq += 1
             self.produced += b.shape[1]
         return out

@@ -97,7 +97,7 @@ class Converter:
         if h.format in FLOAT_FORMATS or self._may_clip_int:
             x = self._clip(x)
         if h.flags & Flag.OVERFLOW:
-            st.pending_flags |= Flag.OVERFLOW
+            st.mark(Flag.OVERFLOW)
             self.metrics.event("input_overflow")
         out += [(st, f) for f in st.push(x)]
         st.next_in_offset = h.offset + h.frames
@@ -136,7 +136,7 @@ class Converter:
         if 0 < gap <= self.cfg.gap_fill_ms * h.rate / 1000 and not h.flags & Flag.DISCONTINUITY:
             self.metrics.event("bridged")
             self.metrics.event("bridged_samples", gap)
-            st.pending_flags |= Flag.DISCONTINUITY
+            st.mark(Flag.DISCONTINUITY)
             out += [(st, f) for f in st.push_silence(gap)]
             return st
         self.metrics.event("reset_gap" if gap else "reset_input_discontinuity")
@@ -168,7 +168,7 @@ class Converter:
             # is above every seq a previous instance published for this epoch (each frame holds >= 1
             # sample, so seq <= offset always); a clean start is still 0, 1, 2, ...
             st.seq = max(st.anchor_offset, h.seq)
-        st.pending_flags = flags
+        st.set_start_flags(flags)
         st.last_header = h
         self.states[h.stream] = st
         if continue_from is None:
