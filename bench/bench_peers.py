@@ -91,18 +91,23 @@ async def _wy_send(port: int, count: int, rate: float) -> dict:
     from wyoming.client import AsyncTcpClient
 
     payload = (np.arange(FRAMES, dtype="<i2") * 7).tobytes()
-    async with AsyncTcpClient("127.0.0.1", port) as client:
-        await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
-        c0, t0 = time.process_time(), time.perf_counter()
-        for i in range(count):
-            if rate > 0:
-                dt = t0 + i / rate - time.perf_counter()
-                if dt > 0:
-                    await asyncio.sleep(dt)
-            await client.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=payload,
-                                                timestamp=time.time_ns()).event())
-        cpu = time.process_time() - c0
+    client = AsyncTcpClient("127.0.0.1", port)
+    await client.connect()
+    await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+    c0, t0 = time.process_time(), time.perf_counter()
+    for i in range(count):
+        if rate > 0:
+            dt = t0 + i / rate - time.perf_counter()
+            if dt > 0:
+                await asyncio.sleep(dt)
+        await client.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=payload,
+                                            timestamp=time.time_ns()).event())
+    cpu = time.process_time() - c0
+    try:  # the receiver may already have closed after its last chunk
         await client.write_event(AudioStop().event())
+        await client.disconnect()
+    except ConnectionError:
+        pass
     return {"sent": count, "dropped": 0, "cpu_s": cpu}
 
 

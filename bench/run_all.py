@@ -152,6 +152,9 @@ def md_table(rows: list[list[str]]) -> str:
 
 def render(r: dict[str, Any]) -> str:
     """A benchmark's section body: its table (or its numbers), when and where it ran."""
+    if "_machine" in r:
+        m = r["_machine"]
+        return md_table([["", ""]] + [[k, str(v)] for k, v in m.items()]) + "\n"
     when = r.get("_when", "")
     m = r.get("machine")
     head = f"_Run {when}" + (f" on {bl.machine_line(m)}" if m else "") + f", {r.get('wall_s', 0):.0f} s._\n\n"
@@ -176,6 +179,9 @@ def fill_docs(results: dict[str, dict], path: Path = DOCS) -> list[str]:
     """Rewrite each ``<!-- bench:NAME:begin -->`` ... ``<!-- bench:NAME:end -->`` section; returns names filled."""
     text = path.read_text()
     filled = []
+    m = next((r["machine"] for r in results.values() if "machine" in r), None)
+    if m:
+        results = {"machine": {"_machine": m}, **results}
     for name, r in results.items():
         rx = re.compile(rf"(<!-- bench:{re.escape(name)}:begin -->\n)(.*?)(<!-- bench:{re.escape(name)}:end -->)", re.S)
         if rx.search(text):
