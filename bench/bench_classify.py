@@ -6,7 +6,7 @@ For every model (one thread, as a worker runs):
   each window from its own stream with its own state -- the baseline of this run.
 - ``batched B``: one call serves B streams' windows (B = 8, 32, and the model's cap).
 - ``stage``: the whole worker path in-process -- message validation (protocol.decode) and
-  ClassifyWorker.handle() on prebuilt 20 ms tensor messages of S streams, windowing,
+  ClassifyWorker.handle() on prebuilt tensor messages (32 ms, convert's default) of S streams, windowing,
   batching, events, result encoding and send on an inproc socket -- CPU per window and
   streams per core, without the network (bench_floor.py measures the hop itself).
 
@@ -61,8 +61,8 @@ def model_cpu_per_window(model, batch: int, windows: int) -> float:
     return best
 
 
-def stage_cpu_per_window(model, n_streams: int, seconds: float) -> tuple[float, int]:
-    """CPU seconds per window of the whole worker path over ``n_streams`` 20 ms tensor streams."""
+def stage_cpu_per_window(model, n_streams: int, seconds: float, frame_ms: float = 32.0) -> tuple[float, int]:
+    """CPU seconds per window of the whole worker path over ``n_streams`` tensor streams of ``frame_ms`` frames."""
     import zmq
 
     from classify.worker import ClassifyWorker, WorkerConfig
@@ -70,14 +70,14 @@ def stage_cpu_per_window(model, n_streams: int, seconds: float) -> tuple[float, 
     from common.protocol import Header, Hop, Kind, decode, encode
 
     spec = model.spec
-    chunk = spec.rate // 50  # 20 ms
-    n_msgs = int(seconds * 50)
+    chunk = int(spec.rate * frame_ms / 1000)
+    n_msgs = int(seconds * 1000 / frame_ms)
     audio = signal(n_streams, chunk * n_msgs, seed=1)
     t0 = time.time_ns()
     msgs = []
     for k in range(n_msgs):
         for s in range(n_streams):
-            h = Header(Kind.TENSOR, f"s{s}", 1, k, t0 + k * 20_000_000, rate=spec.rate, channels=1, format="f32",
+            h = Header(Kind.TENSOR, f"s{s}", 1, k, t0 + k * chunk * 1_000_000_000 // spec.rate, rate=spec.rate, channels=1, format="f32",
                        layout="planar", frames=chunk, offset=k * chunk, trace=[Hop("convert", t0, t0)])
             msgs.append([bytes(f) for f in encode(h, audio[s : s + 1, k * chunk : (k + 1) * chunk])])
     ctx = zmq.Context()
@@ -85,7 +85,7 @@ def stage_cpu_per_window(model, n_streams: int, seconds: float) -> tuple[float, 
     worker = ClassifyWorker(model, cfg, StageMetrics("bench"), ctx)
     try:
         start = time.process_time()
-        for k in range(n_msgs):  # one 20 ms message per stream, then serve: a worker keeping up
+        for k in range(n_msgs):  # one message per stream, then serve: a worker keeping up
             for frames in msgs[k * n_streams : (k + 1) * n_streams]:
                 worker.handle(decode(frames), time.time_ns())  # validation included, as Receiver does
             worker.serve()
@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=512, help="windows per measurement (default 512)")
     ap.add_argument("--streams", type=int, default=64, help="streams in the stage measurement (default 64)")
     ap.add_argument("--seconds", type=float, default=3.0, help="audio per stream in the stage measurement")
+    ap.add_argument("--frame-ms", type=float, default=32.0, help="tensor frame length in the stage measurement "
+                    "(default 32, convert's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -134,7 +136,7 @@ def main() -> None:
             rows.append((name, f"{hop_s * 1e3:g}", "model", str(b), bl.fmt(cpu * 1e6), bl.fmt(hop_s / cpu),
                          bl.fmt(bl.ratio(base, cpu))))
         n_streams = args.streams if name != "wakeword" else 8
-        stage, n_win = stage_cpu_per_window(model, n_streams, args.seconds)
+        stage, n_win = stage_cpu_per_window(model, n_streams, args.seconds, args.frame_ms)
         res["stage_us"] = stage * 1e6
         res["stage_streams_per_core"] = hop_s / stage
         res["stage_streams"] = n_streams
