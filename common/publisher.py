@@ -26,7 +26,9 @@ class Publisher:
         self.socket = open_socket(ctx, zmq.XPUB, endpoints, opts, default_bind=True)
         self.subscriptions: set[bytes] = set()
         self.sent = 0
-        self.dropped = 0  # sends refused by a full queue (NOBLOCK): counted, never blocking
+        # Sends refused because a subscriber's queue was full. Only with SocketOptions.nodrop:
+        # otherwise XPUB drops silently at the HWM and the loss shows downstream as a seq gap.
+        self.dropped = 0
 
     def poll_subscriptions(self) -> None:
         """Read pending (un)subscribe notices without blocking."""
@@ -56,7 +58,7 @@ class Publisher:
         return True
 
     def send(self, frames: Sequence[bytes | memoryview]) -> bool:
-        """Send one multipart message; False if it had to be dropped (never blocks)."""
+        """Send one multipart message; False if a full queue refused it (never blocks)."""
         if self.sent % 64 == 0:
             self.poll_subscriptions()
         try:

@@ -48,6 +48,9 @@ class SocketOptions:
     heartbeat_timeout_ms: int = 3000
     max_msg_bytes: int = MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES
     curve: "CurveConfig | None" = None
+    # Publishers only: refuse a send (zmq.Again) instead of dropping when a subscriber's queue is
+    # full. For sources that can wait (files with --fast, replay) so nothing is lost.
+    nodrop: bool = False
 
 
 @dataclass
@@ -83,6 +86,8 @@ def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, opts.heartbeat_timeout_ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, opts.heartbeat_timeout_ms)
     sock.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_bytes)
+    if opts.nodrop and sock.socket_type in (zmq.PUB, zmq.XPUB):
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
     if opts.curve is not None:
         from common.keys import apply_curve
 
