@@ -28,9 +28,10 @@ import socket
 import struct
 import time
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import msgpack
 
@@ -155,7 +156,7 @@ class RecordingWriter:
     ) -> None:
         self.path = Path(path)
         try:
-            self._f = open(self.path, "wb" if overwrite else "xb")
+            self._f = open(self.path, "wb" if overwrite else "xb")  # noqa: SIM115 (closed by close())
         except FileExistsError:
             raise RecordingError(f"{self.path} already exists; choose another name or pass --force.") from None
         except OSError as e:
@@ -198,7 +199,7 @@ class RecordingWriter:
             self.flush()
             self._f.close()
 
-    def __enter__(self) -> "RecordingWriter":
+    def __enter__(self) -> RecordingWriter:  # noqa: PYI034 (typing.Self needs 3.11)
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -292,7 +293,9 @@ class RecordingReader:
                 self.size = os.fstat(f.fileno()).st_size
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
         except FileNotFoundError:
-            raise RecordingError(f"{self.path} does not exist; pass the path of a recording made by soundbus record.") from None
+            raise RecordingError(
+                f"{self.path} does not exist; pass the path of a recording made by soundbus record."
+            ) from None
         except OSError as e:
             raise RecordingError(f"cannot read {self.path}: {e.strerror}.") from None
         self.version, self.meta, self.data_start = self._read_header()
@@ -318,7 +321,7 @@ class RecordingReader:
             raise RecordingError(f"{self.path}: file header checksum fails; the file is damaged.")
         try:
             meta = msgpack.unpackb(m[_FILE_FIXED.size : end], raw=False)
-        except Exception as e:  # checksum passed, so only a buggy writer gets here
+        except Exception as e:  # noqa: BLE001 (checksum passed, so only a buggy writer gets here)
             raise RecordingError(f"{self.path}: unreadable metadata ({type(e).__name__}).") from None
         return version, meta if isinstance(meta, dict) else {}, end + 4
 
@@ -571,7 +574,7 @@ class WavWriter:
         self.is_float = format in ("f32", "f64")
         self.frames = 0
         self._data = 0
-        self._f = open(path, "wb")
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by close())
         block = self.width * channels
         fmt = struct.pack("<HHIIHH", 3 if self.is_float else 1, channels, rate, rate * block, block, 8 * self.width)
         if self.is_float:  # non-PCM: fmt has cbSize, and a fact chunk holds the frame count

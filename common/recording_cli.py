@@ -18,8 +18,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import zmq
 
@@ -62,6 +62,8 @@ class ProgressLine:
 
     def __init__(self, label: str, total: float | None = None, enabled: bool | None = None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total = total
+        self.info = ""
         self._last = 0.0
         if not self.enabled:
             return
@@ -75,17 +77,18 @@ class ProgressLine:
         self._task = self._p.add_task(label, total=total, info="")
         self._p.start()
 
-    def update(self, completed: float | None = None, info: str = "", force: bool = False) -> None:
-        """Refresh at most 5 times a second."""
+    def update(self, completed: float | None = None, force: bool = False) -> None:
+        """Refresh at most 5 times a second; ``info`` is the text shown after the bar."""
         if not self.enabled:
             return
         now = time.monotonic()
         if force or now - self._last >= 0.2:
             self._last = now
-            self._p.update(self._task, completed=completed, info=info)
+            self._p.update(self._task, completed=completed, info=self.info)
 
     def close(self) -> None:
         if self.enabled:
+            self._p.update(self._task, completed=self.total, info=self.info)
             self._p.stop()
 
 
@@ -129,7 +132,7 @@ def _records(paths: Sequence[str], problems: list[Problem], progress: ProgressLi
         try:
             for rec in r:
                 if progress:
-                    progress.update(done + r.position, info=f"{r.path.name}")
+                    progress.update(done + r.position)
                 yield rec
         finally:
             done += r.size
@@ -199,7 +202,9 @@ def cmd_record(args: argparse.Namespace) -> int:
                 tracker.check(bytes(frames[0].buffer).decode(), h.epoch, h.seq)
                 metrics.frame_in(h.stream)
             elapsed = time.monotonic() - t_start
-            progress.update(info=f"{writer.records} msgs  {writer.bytes / 1e6:.1f} MB  {writer.records / max(elapsed, 1e-9):.0f} msg/s")
+            rate = writer.records / max(elapsed, 1e-9)
+            progress.info = f"{writer.records} msgs  {writer.bytes / 1e6:.1f} MB  {rate:.0f} msg/s"
+            progress.update()
             metrics.maybe_log_summary()
     finally:
         writer.close()
@@ -283,9 +288,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sent = passes = 0
     t_begin = time.monotonic()
     try:
-        if args.wait_subscriber > 0 and not pub.wait_for_subscriber(args.wait_subscriber, stop):
-            if not stop:
-                log.warning("no subscriber after %.1f s; replaying anyway", args.wait_subscriber)
+        waited = args.wait_subscriber > 0 and not pub.wait_for_subscriber(args.wait_subscriber, stop)
+        if waited and not stop:
+            log.warning("no subscriber after %.1f s; replaying anyway", args.wait_subscriber)
         while not stop:
             new_epoch = args.new_epoch or passes > 0  # a second pass must look like a restart
             epochs.reset()
@@ -317,6 +322,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 if not _send(pub, frames, stop):
                     break
                 sent += 1
+                progress.info = f"{sent} msgs, {(t_virtual - t0_rec) / 1e9:.1f} s into the recording"
             progress.close()
             passes += 1
             if not args.loop:
@@ -333,7 +339,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ctx.term()
     for p in problems:
         log.warning("damaged recording: %s", p)
-    log.info("replayed %d messages in %.2f s (%d pass%s)", sent, time.monotonic() - t_begin, passes, "es" * (passes != 1))
+    elapsed = time.monotonic() - t_begin
+    log.info("replayed %d messages in %.2f s (%d pass%s)", sent, elapsed, passes, "es" * (passes != 1))
     return 0
 
 
@@ -398,6 +405,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             wav.write(interleaved_bytes(msg))
             expect = (h.epoch, h.offset + h.frames)
             messages += 1
+            progress.info = f"{messages} msgs, {wav.frames / wav.rate:.1f} s"
     finally:
         progress.close()
         if wav is not None:
@@ -414,7 +422,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # parsers
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("record", help="record wire messages (exact frames, receive times) to a file")
     p.add_argument("-o", "--file", required=True, metavar="FILE", help="recording to create (see --force)")
     p.add_argument("--kind", action="append", choices=ALL_KINDS, help="kind to record; repeat (default: all)")

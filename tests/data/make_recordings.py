@@ -21,8 +21,8 @@ import soxr
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.protocol import Flag, Header, Hop, Kind, encode  # noqa: E402
-from common.recording import RecordingWriter  # noqa: E402
+from common.protocol import Flag, Header, Hop, Kind, encode
+from common.recording import RecordingWriter
 
 HERE = Path(__file__).resolve().parent
 ALSA = Path("/usr/share/sounds/alsa")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
-import zmq
 
 from common.protocol import Header, Kind, decode, encode
 from common.publisher import Publisher
-from common.recording import RecordingReader, read_records, segment_path
+from common.recording import read_records, segment_path
 from tests.conftest import ROOT, tcp
 from tests.recording.conftest import TWO_STREAMS, frames_of, read_all, soundbus
 
@@ -160,7 +159,7 @@ def test_sigterm_closes_the_file_cleanly_and_bad_messages_are_not_recorded(procs
 def test_record_duration_and_rotation(procs, tmp_path: Path) -> None:
     addr = tcp()
     out = tmp_path / "rot.sbrec"
-    rec = soundbus(procs, "record", "-o", str(out), "--input", addr, "--rotate-mb", "0.1", "--duration", "8")
+    rec = soundbus(procs, "record", "-o", str(out), "--input", addr, "--rotate-mb", "0.1", "--duration", "5")
     rec.wait_for("ready")
     rep = soundbus(procs, "replay", str(TWO_STREAMS), "--output", addr, "--fast")
     assert rep.wait(30) == 0

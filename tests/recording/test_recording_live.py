@@ -38,9 +38,8 @@ def forward_when_subscribed(zctx: zmq.Context, upstream: str, downstream: str, s
     deadline = time.monotonic() + 20
     while joined < subscribers:
         assert time.monotonic() < deadline, f"only {joined} of {subscribers} subscribed to raw/"
-        if front.poll(100):
-            if front.recv() == b"\x01raw/":
-                joined += 1
+        if front.poll(100) and front.recv() == b"\x01raw/":
+            joined += 1
     back = zctx.socket(zmq.SUB)
     back.setsockopt(zmq.RCVHWM, 100_000)
     back.setsockopt(zmq.SUBSCRIBE, b"raw/")
@@ -90,7 +89,7 @@ def test_live_and_replayed_raw_frames_give_identical_tensors(procs, collector, z
     cap_addr, mid = tcp(), tcp()
     recording = tmp_path / "live.sbrec"
 
-    conv, live_col = convert_into(procs, collector, mid)
+    _conv, live_col = convert_into(procs, collector, mid)
     rec = soundbus(procs, "record", "-o", str(recording), "--input", mid, "--kind", "raw")
     rec.wait_for("ready")
     n_raw = forward_when_subscribed(
@@ -107,7 +106,7 @@ def test_live_and_replayed_raw_frames_give_identical_tensors(procs, collector, z
     assert problems == [] and len(raw) == n_raw > 60
 
     replay_addr = tcp()
-    conv2, replay_col = convert_into(procs, collector, replay_addr)
+    _conv2, replay_col = convert_into(procs, collector, replay_addr)
     rep = soundbus(procs, "replay", str(recording), "--output", replay_addr, "--fast")
     assert rep.wait(30) == 0, rep.log()
     replayed = tensors(replay_col, 1)
@@ -119,7 +118,7 @@ def test_live_and_replayed_raw_frames_give_identical_tensors(procs, collector, z
 def test_committed_two_stream_recording_drives_convert(procs, collector) -> None:
     """The committed fixture replays into convert: both streams come out, the gap is bridged, nothing bad."""
     addr = tcp()
-    conv, col = convert_into(procs, collector, addr)
+    _conv, col = convert_into(procs, collector, addr)
     rep = soundbus(procs, "replay", str(TWO_STREAMS), "--output", addr, "--fast")
     assert rep.wait(30) == 0, rep.log()
     out = tensors(col, 2)
