@@ -58,7 +58,9 @@ def wavs(tmp_path_factory) -> dict[str, tuple[Path, float, float]]:
     _write_wav(d / "tone.wav", np.stack([tone, tone], 1), RATE)
     _write_wav(d / "silence.wav", pad(3.0), RATE)
     # Where the speech really is: first and last 10 ms block above -40 dBFS.
-    env = np.abs(speech[:, 0].astype(float)).reshape(-1, RATE // 100)[: len(speech) // (RATE // 100)].max(1)
+    block = RATE // 100
+    whole = len(speech) // block * block
+    env = np.abs(speech[:whole, 0].astype(float)).reshape(-1, block).max(1)
     loud = np.flatnonzero(env > 32768 * 0.01)
     s0, s1 = LEAD_S + loud[0] / 100, LEAD_S + (loud[-1] + 1) / 100
     return {"speech": (d / "speech.wav", s0, s1), "tone": (d / "tone.wav", 0, 0), "silence": (d / "silence.wav", 0, 0)}
