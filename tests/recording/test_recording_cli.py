@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 
-from common.protocol import Header, Kind, decode, encode
+from common.protocol import Header, Kind, decode, encode, encode_result
 from common.publisher import Publisher
 from common.recording import read_records, segment_path
 from tests.conftest import ROOT, tcp
@@ -227,3 +228,39 @@ def test_record_refuses_to_overwrite(procs, tmp_path: Path) -> None:
     p.wait_for("already exists")
     assert out.read_bytes() == TWO_STREAMS.read_bytes()
     os.chmod(out, 0o644)
+
+
+def test_tensors_results_and_heartbeats_record_and_replay_identically(procs, tmp_path: Path, zctx) -> None:
+    addr = tcp()
+    out = tmp_path / "kinds.sbrec"
+    pub = Publisher(zctx, [addr])
+    rec = soundbus(procs, "record", "-o", str(out), "--input", addr, "--kind", "tensor", "--kind", "result",
+                   "--kind", "hb")
+    rec.wait_for("ready")
+    assert pub.wait_for_subscriber(10)
+    sent = []
+    for seq in range(3):
+        t = Header(Kind.TENSOR, "m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, channels=1, format="f32",
+                   layout="planar", frames=512, offset=512 * seq)
+        r = Header(Kind.RESULT, "m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, model="vad")
+        hb = Header(Kind.HEARTBEAT, "m", epoch=2, seq=seq, t_capture_ns=seq)
+        raw = Header(Kind.RAW, "m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, channels=1, frames=2)
+        for frames, keep in ((encode(t, np.full((1, 512), seq, np.float32)), True),
+                             (encode_result(r, {"speech": 0.5 * seq}), True), (encode(hb), True),
+                             (encode(raw, b"\0" * 4), False)):  # raw was not asked for
+            frames = [bytes(f) for f in frames]
+            pub.send(frames)
+            if keep:
+                sent.append(frames)
+    deadline = time.monotonic() + 10
+    while len(read_all(out)[0]) < len(sent):
+        assert time.monotonic() < deadline, rec.log()
+        time.sleep(0.05)
+    assert rec.stop() == 0
+    pub.close()
+    assert frames_of(read_all(out)[0]) == sent
+    d = info(procs, out)
+    assert sorted((s["kind"], s["model"], s["messages"]) for s in d["streams"]) == [
+        ("hb", "", 3), ("result", "vad", 3), ("tensor", "", 3)]
+    replayed, _ = record_replay(procs, tmp_path, "--fast", src=out)
+    assert frames_of(replayed) == sent
