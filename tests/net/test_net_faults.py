@@ -182,18 +182,18 @@ def test_slow_classifier_keeps_lag_and_memory_bounded_and_counts_drops(procs, ct
 
 def test_sigterm_stops_every_stage_promptly_with_unsent_messages_queued(procs, ctx) -> None:
     # capture --fast pushes 10 minutes of audio; the result subscriber below never reads, so the
-    # classifier's queue toward it is full when SIGTERM arrives.
+    # classifier's queue toward it (--hwm 50) is full when SIGTERM arrives.
     raw, tensor, result = tcp(), tcp(), tcp()
     stuck = ctx.socket(zmq.SUB)
     stuck.setsockopt(zmq.RCVHWM, 1)
     stuck.setsockopt(zmq.RCVBUF, 4096)
     stuck.setsockopt(zmq.SUBSCRIBE, b"")
     stuck.connect(result)
-    classify = start_classify(procs, tensor, result)
+    classify = start_classify(procs, tensor, result, "--hwm", "50")
     convert = start_convert(procs, raw, tensor)
     res = Results(ctx, result)
     capture = start(procs, "capture", "--source", "synth:noise#mic1", "--duration", "600", "--fast", "--output", raw)
-    res.take(3000, 60)  # 300 s of audio classified: far more than the stuck subscriber's queues hold
+    res.take(600, 60)  # 60 s of audio classified: far more than the stuck subscriber's queues hold
     t0 = time.monotonic()
     for p in (capture, convert, classify):
         p.proc.send_signal(signal.SIGTERM)
