@@ -150,6 +150,17 @@ class StreamWindows:
         a = self.anchors[-1]
         return self._time_of(a, a.index + a.frames)
 
+    def pad_to_window(self) -> int:
+        """Zero-pad a partial final window to full length (end of a stream); returns the real audio end (ns).
+
+        Call only when 0 < buffered < window; the padding gets an anchor continuing the last message.
+        """
+        a = self.anchors[-1]
+        end_ns = self.newest_end_ns()
+        missing = self.window - self._count
+        self.push(np.zeros((self.channels, missing), dtype=np.float32), end_ns, a.seq, a.t_in_ns, a.trace)
+        return end_ns
+
     def _advance(self, n: int) -> None:
         self._start += n
         self._count -= n

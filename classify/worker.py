@@ -68,6 +68,7 @@ class StreamSlot:
         self.epoch = epoch
         self.result_seq = 0
         self.pending_events: list[dict[str, Any]] = []  # stops caused by a reset, sent with the next result
+        self.ended = False  # the source sent END: flush the partial window, stop events, forget the slot
         self.topic = b""  # result topic of this stream and model (cached: it is hashed from the names)
 
     def reset(self, offset: int, t_ns: int) -> None:
@@ -145,6 +146,8 @@ class ClassifyWorker:
         dropped = slot.windows.push(samples, h.t_capture_ns, h.seq, t_in_ns, h.trace)
         if dropped:
             self._dropped(h.stream, slot, dropped, "buffer_full")
+        if h.flags & Flag.END:
+            slot.ended = True
 
     def _new_slot(self, h: Header) -> StreamSlot:
         spec = self.model.spec
@@ -198,26 +201,53 @@ class ClassifyWorker:
         while True:
             ready = [(s, slot) for s, slot in self.slots.items() if slot.windows.ready()]
             if not ready:
-                return served
+                return served + self._finish_ended()
             for i in range(0, len(ready), max_batch):
                 part = ready[i : i + max_batch]
-                wins = [slot.windows.take() for _, slot in part]
-                res = run_batch(self.model, [w.samples for w in wins], [slot.state for _, slot in part])
-                self.batches += 1
-                self.model_cpu_s += res.cpu_s
-                self.metrics.latency("model", res.cpu_s / max(len(wins), 1))
-                for err in res.errors:
-                    self.metrics.drop("model_error")
-                    self.warn.warning("model_error", f"model {self.model.spec.name} raised on a window, skipped: {err}")
-                for (stream, slot), win, scores, extra in zip(part, wins, res.scores, res.extras):
-                    if scores is not None:
-                        self.publish(stream, slot, win, scores, extra)
-                        served += 1
+                served += self._run(part, [slot.windows.take() for _, slot in part])
 
-    def publish(self, stream: str, slot: StreamSlot, win: Window, scores: np.ndarray, extra: dict[str, Any]) -> None:
+    def _run(self, part: list[tuple[str, StreamSlot]], wins: list[Window], ends: list[int] | None = None) -> int:
+        """One forward pass over ``wins`` (one per stream of ``part``); publish; returns results sent."""
+        res = run_batch(self.model, [w.samples for w in wins], [slot.state for _, slot in part])
+        self.batches += 1
+        self.model_cpu_s += res.cpu_s
+        self.metrics.latency("model", res.cpu_s / max(len(wins), 1))
+        for err in res.errors:
+            self.metrics.drop("model_error")
+            self.warn.warning("model_error", f"model {self.model.spec.name} raised on a window, skipped: {err}")
+        sent = 0
+        for j, ((stream, slot), win, scores, extra) in enumerate(zip(part, wins, res.scores, res.extras)):
+            if scores is not None:
+                self.publish(stream, slot, win, scores, extra, final_end_ns=ends[j] if ends else None)
+                sent += 1
+        return sent
+
+    def _finish_ended(self) -> int:
+        """Streams that sent END: classify the zero-padded partial window, stop what is on, forget them."""
+        ended = [(s, slot) for s, slot in self.slots.items() if slot.ended]
+        if not ended:
+            return 0
+        part, wins, ends = [], [], []
+        for stream, slot in ended:
+            if slot.windows.buffered > 0:
+                ends.append(slot.windows.pad_to_window())
+                part.append((stream, slot))
+                wins.append(slot.windows.take())
+        sent = self._run(part, wins, ends) if part else 0
+        for stream, _slot in ended:
+            del self.slots[stream]
+        return sent
+
+    def publish(self, stream: str, slot: StreamSlot, win: Window, scores: np.ndarray, extra: dict[str, Any],
+                final_end_ns: int | None = None) -> None:
+        """One result message. ``final_end_ns``: this is the zero-padded last window of an ended
+        stream; its span ends where the audio did, and every label still on stops there."""
         spec = self.model.spec
         events = slot.pending_events + slot.events.update(scores, win.start_ns)
         slot.pending_events = []
+        if final_end_ns is not None:
+            events += slot.events.reset(final_end_ns)
+            extra = {**extra, "final": True}
         if self.top_k == 1:
             top = [int(np.argmax(scores))]
         else:
@@ -226,7 +256,7 @@ class ClassifyWorker:
             "model": spec.name,
             "labels": [[spec.labels[i], float(scores[i])] for i in top],
             "start_ns": win.start_ns,
-            "end_ns": win.end_ns,
+            "end_ns": win.end_ns if final_end_ns is None else final_end_ns,
             "offset": win.offset,
             "seq_first": win.seq_first,
             "seq_last": win.seq_last,

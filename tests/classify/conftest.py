@@ -84,7 +84,7 @@ class TensorSource:
                     self.subscribers += 1
 
     def send(self, stream: str, audio: np.ndarray, chunk: int = 320, epoch: int = 1, rate: int = RATE,
-             flags_first: Flag = Flag.NONE) -> None:
+             flags_first: Flag = Flag.NONE, end: bool = False) -> None:
         """Send ``audio`` (frames,) or (channels, frames) in chunks of ``chunk`` samples."""
         audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
         key = (stream, epoch)
@@ -97,7 +97,8 @@ class TensorSource:
                 kind=Kind.TENSOR, stream=stream, epoch=epoch, seq=seq,
                 t_capture_ns=self.t0 + off * 1_000_000_000 // rate, rate=rate, channels=part.shape[0],
                 format="f32", layout="planar", frames=part.shape[1], offset=off,
-                flags=flags_first if start == 0 else Flag.NONE,
+                flags=(flags_first if start == 0 else Flag.NONE)
+                | (Flag.END if end and start + chunk >= audio.shape[1] else Flag.NONE),
                 trace=[Hop("capture", now, now), Hop("convert", now, now)],
             )
             while not self.pub.send(encode(h, part)):

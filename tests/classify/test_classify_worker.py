@@ -138,17 +138,28 @@ def test_two_streams_batched_equal_unbatched(procs, start, tcp, collector, tenso
     src.send_interleaved(streams)
     n = {k: len(a) // 512 for k, a in streams.items()}
     col.collect(lambda ms: len(ms) >= sum(n.values()), timeout=60)
-    w.stop()
-    summary = final_summary(w)
-    assert counter(summary, "batches") < counter(summary, "windows"), f"no batching happened: {summary}"
+
+    # A stream that ENDs in the middle of a word: its partial last window is classified
+    # (zero-padded) and speech stops where the audio ends.
+    cut = audio.alsa_speech("Front_Left.wav")[: 16000 + 100]  # "Front Le..."
+    src.t0 = time.time_ns()
+    src.send("cut", cut, end=True)
+    col.collect(lambda ms: any(m.header.stream == "cut" and m.result().get("final") for m in ms), timeout=30)
 
     got = results_by_stream(col.messages)
+    last = got["cut"][-1]
+    assert len(got["cut"]) == len(cut) // 512 + 1 and last["offset"] == 512 * (len(cut) // 512)
+    assert last["end_ns"] == src.t0 + len(cut) * 1_000_000_000 // 16000
+    assert {"label": "speech", "state": "stop", "t_ns": last["end_ns"]} in last["events"], last["events"]
     model = load_model("vad")
     for name, a in streams.items():
         state = model.new_state()
         ref = [run_batch(model, [a[None, k * 512 : (k + 1) * 512].copy()], [state]).scores[0][0] for k in range(n[name])]
         mine = [r["labels"][0][1] for r in got[name]]
         np.testing.assert_allclose(mine, ref, atol=1e-5, err_msg=name)
+    w.stop()
+    summary = final_summary(w)
+    assert counter(summary, "batches") < counter(summary, "windows"), f"no batching happened: {summary}"
 
 
 def test_bad_model_is_one_clear_sentence(procs, start):
