@@ -166,7 +166,49 @@ def breakdown(n: int = 20_000) -> dict[str, float]:
             fn()
         return (time.process_time() - t0) / n * 1e6
 
+    def drained(copy: bool, use_receiver: bool) -> float:
+        """us per message to take N queued messages off an inproc SUB (+ decode)."""
+        from common.metrics import StageMetrics
+        from common.stage import Receiver
+
+        ctx = zmq.Context()
+        pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        for sk in (pub, sub):
+            sk.setsockopt(zmq.SNDHWM, 0)
+            sk.setsockopt(zmq.RCVHWM, 0)
+        pub.bind("inproc://floor")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect("inproc://floor")
+        rx = Receiver([sub], StageMetrics("bench", summary_every_s=1e9)) if use_receiver else None
+        m = 5000
+        while not sub.poll(10):  # subscription propagation: probe until one arrives
+            pub.send_multipart(frames)
+        sub.recv_multipart()
+        for _ in range(m):
+            pub.send_multipart(frames)
+        t0 = time.process_time()
+        got = 0
+        while got < m:
+            if rx is not None:
+                got += rx.recv(100) is not None
+            else:
+                try:
+                    decode(sub.recv_multipart(copy=copy))
+                    got += 1
+                except zmq.Again:
+                    pass
+        us = (time.process_time() - t0) / m * 1e6
+        if rx is not None:
+            rx.close()
+        pub.close(0)
+        sub.close(0)
+        ctx.term()
+        return us
+
     return {
+        "recv_copy_decode": drained(True, False),
+        "recv_nocopy_decode": drained(False, False),
+        "receiver_recv": drained(False, True),
         "msgpack_pack_small": per_call(lambda: msgpack.packb({"s": STREAM, "n": 1, "t": 1, "r": RATE, "c": 1,
                                                               "f": "s16", "fr": FRAMES})),
         "msgpack_unpack_small": per_call(lambda: msgpack.unpackb(small)),
@@ -252,6 +294,14 @@ def main() -> int:
                       f"{r['received']}/{r['sent']}", str(r["runs_fps"])))
     table.append(("soundbus / bare", bl.fmt(res["fps_ratio"]), bl.fmt(res["recv_cpu_ratio"]),
                   bl.fmt(res["send_cpu_ratio"]), "", ""))
+    ip = res["in_process_us"]
+    table.append(("in-process: msgpack small header (baseline)", "", bl.fmt(ip["msgpack_unpack_small"]),
+                  bl.fmt(ip["msgpack_pack_small"]), "", ""))
+    table.append(("in-process: protocol.decode / encode", "", bl.fmt(ip["protocol_decode"]),
+                  bl.fmt(ip["protocol_encode"]), "", ""))
+    table.append(("in-process: recv_multipart(copy=True) + decode", "", bl.fmt(ip["recv_copy_decode"]), "", "", ""))
+    table.append(("in-process: recv_multipart(copy=False) + decode", "", bl.fmt(ip["recv_nocopy_decode"]), "", "", ""))
+    table.append(("in-process: common.stage.Receiver.recv", "", bl.fmt(ip["receiver_recv"]), "", "", ""))
     bl.emit("floor", res, args.json, table)
     return 0
 
