@@ -33,6 +33,8 @@ QUICK_ARGS = {
     "latency": ["--seconds", "8", "--calib-seconds", "4"],
     "memory": ["--streams", "20", "--replay-seconds", "15", "--warmup", "5"],
     "capture": ["--seconds", "10"],
+    "convert": ["--frames", "200", "--repeat", "1"],
+    "classify": ["--windows", "128", "--seconds", "1"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
