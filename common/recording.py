@@ -15,12 +15,15 @@ next marker, and yields every record it can verify. It never raises on damaged r
 only a file that is not a recording at all (bad magic, unknown version) raises
 :class:`RecordingError`.
 
-This module only frames bytes: it never interprets the frames it stores
-(common.protocol does that), and it imports no stage package.
+The writer and reader only frame bytes: they never interpret the frames they store.
+The end of the module reads them with common.protocol: :class:`RecordingSummary` (what
+``soundbus info`` prints) and :class:`WavWriter` (``soundbus export``). No stage package
+is imported.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import mmap
 import os
@@ -196,8 +199,10 @@ class RecordingWriter:
 
     def close(self) -> None:
         if not self._f.closed:
-            self.flush()
-            self._f.close()
+            try:
+                self.flush()
+            finally:
+                self._f.close()
 
     def __enter__(self) -> RecordingWriter:  # noqa: PYI034 (typing.Self needs 3.11)
         return self
@@ -240,6 +245,13 @@ class RotatingWriter:
         self.paths: list[Path] = []
         self.records = 0
         self.bytes = 0
+        if self.rotating and not overwrite:  # refuse now rather than at the first rotation
+            first = segment_path(self.base, 0).name  # "day.0000.sbrec": any "day.NNNN.sbrec" is taken
+            prefix = first[: len(first) - len(self.base.suffix) - 4]
+            pattern = glob.escape(prefix) + "[0-9]" * 4 + glob.escape(self.base.suffix)
+            taken = sorted(str(p) for p in self.base.parent.glob(pattern))
+            if taken:
+                raise RecordingError(f"{taken[0]} already exists; choose another name or pass --force.")
         self.current = self._open(0)
 
     def _open(self, index: int) -> RecordingWriter:

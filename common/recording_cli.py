@@ -206,8 +206,18 @@ def cmd_record(args: argparse.Namespace) -> int:
             progress.info = f"{writer.records} msgs  {writer.bytes / 1e6:.1f} MB  {rate:.0f} msg/s"
             progress.update()
             metrics.maybe_log_summary()
+    except OSError as e:  # disk full, file system gone: what is written so far stays readable
+        raise SystemExit(
+            f"soundbus: cannot write {writer.current.path} ({e.strerror}); the file holds everything up to now: "
+            f"free some space or record elsewhere."
+        ) from None
+    except RecordingError as e:  # a rotated segment could not be created
+        raise _fail(e) from None
     finally:
-        writer.close()
+        try:
+            writer.close()
+        except OSError as e:
+            log.error("closing %s failed: %s", writer.current.path, e.strerror)
         progress.close()
         sock.close()
         if args.curve_secret is not None:

@@ -172,3 +172,12 @@ def test_rotation_by_duration_uses_receive_times(tmp_path: Path) -> None:
     counts = [len(read_all(p)[0]) for p in w.paths]
     assert counts == [4, 4, 2]  # 0-0.9 s, 1.2-2.1 s, 2.4-2.7 s
     assert [p.name for p in w.paths] == ["day.0000", "day.0001", "day.0002"]
+
+
+def test_rotation_refuses_existing_segments_up_front(tmp_path: Path) -> None:
+    base = tmp_path / "day.sbrec"
+    segment_path(base, 3).write_bytes(b"older recording")
+    with pytest.raises(RecordingError, match=r"day\.0003\.sbrec already exists"):
+        RotatingWriter(base, rotate_s=60)
+    assert not segment_path(base, 0).exists()
+    RotatingWriter(base, rotate_s=60, overwrite=True).close()
