@@ -40,15 +40,16 @@ def start_convert(procs, raw: str, tensor: str, *extra: str) -> StageProcess:
     return p
 
 
-def start_classify(procs, tensor: str, result: str, *extra: str) -> StageProcess:
-    p = start(procs, "classify", "--model", "level", "--input", tensor, "--output", result, *extra)
+def start_classify(procs, tensor: str, result: str, *extra: str, model: str = "level") -> StageProcess:
+    p = start(procs, "classify", "--model", model, "--input", tensor, "--output", result, *extra)
     p.wait_for("ready", timeout=60)
     return p
 
 
-def pipeline(procs, source: str = "synth:noise#mic1", capture_extra: tuple = (), classify_extra: tuple = ()) -> Pipeline:
+def pipeline(procs, source: str = "synth:noise#mic1", capture_extra: tuple = (), classify_extra: tuple = (),
+             model: str = "level") -> Pipeline:
     raw, tensor, result = tcp(), tcp(), tcp()
-    classify = start_classify(procs, tensor, result, *classify_extra)
+    classify = start_classify(procs, tensor, result, *classify_extra, model=model)
     convert = start_convert(procs, raw, tensor)
     capture = start(procs, "capture", "--source", source, "--output", raw, *capture_extra)
     capture.wait_for("ready")
@@ -157,11 +158,8 @@ def test_classifier_killed_and_restarted_results_resume_within_2s_as_a_new_epoch
 def test_slow_classifier_keeps_lag_and_memory_bounded_and_counts_drops(procs, ctx) -> None:
     # A model 3x slower than real time behind a real-time capture: without bounds its lag and
     # memory would grow by 2 s and a few hundred KB every second.
-    pl = pipeline(procs, classify_extra=("--max-lag-ms", "1000"))
-    pl.classify.stop()
-    slow = start(procs, "classify", "--model", "tests.net.slow_model:make", "--max-lag-ms", "1000",
-                 "--input", pl.tensor, "--output", pl.result)
-    slow.wait_for("ready", timeout=60)
+    pl = pipeline(procs, classify_extra=("--max-lag-ms", "1000"), model="tests.net.slow_model:make")
+    slow = pl.classify
     res = Results(ctx, pl.result)
     lags, rss = [], []
     for i in range(24):  # ~7 s of results at 0.3 s each
