@@ -302,6 +302,7 @@ class ClassifyWorker:
                 msg = self.receiver.recv(0)
             self.pub.poll_subscriptions()
             self.drop_stale(time.time_ns())
+            self.metrics.queue_depth(sum(slot.windows.ready_count() for slot in self.slots.values()))
             self.serve()
             self.metrics.maybe_log_summary(self.stats())
 

@@ -257,3 +257,29 @@ def test_wakeword_fires_on_its_phrase_only(procs, start, tcp, collector, tensor_
     got = results_by_stream(col.messages)
     fired = {k: {e["label"] for r in rs for e in r["events"] if e["state"] == "start"} for k, rs in got.items()}
     assert fired == {"jarvis": {"hey_jarvis"}, "alexa": {"alexa"}, "other": set()}, fired
+
+
+def test_shards_split_streams_between_workers(procs, start, tcp, collector, tensor_source, audio):
+    """Two workers of one model with --shard 0/2 and 1/2 each get exactly their streams (crc32 buckets)."""
+    from common.protocol import bucket_of
+
+    tin, out0, out1 = tcp(), tcp(), tcp()
+    src = tensor_source(tin)
+    w0 = start(procs, "classify", "--model", "level", "--shard", "0/2", "--input", tin, "--output", out0, *NO_STALE)
+    w1 = start(procs, "classify", "--model", "level", "--shard", "1/2", "--input", tin, "--output", out1, *NO_STALE)
+    w0.wait_for("ready", 60)
+    w1.wait_for("ready", 60)
+    c0, c1 = collector(out0, Kind.RESULT), collector(out1, Kind.RESULT)
+    w0.wait_for("subscriber joined")
+    w1.wait_for("subscriber joined")
+    src.wait_subscribers(2 * 128)  # each worker subscribes to its 128 bucket prefixes
+    names = ["a", "b", "c", "d", "e", "f"]
+    src.send_interleaved({s: audio.tone(0.5) for s in names})
+    c0.collect(lambda ms: len(ms) >= 15, timeout=30)  # 3 streams x 5 windows of 100 ms
+    c1.collect(lambda ms: len(ms) >= 15, timeout=30)
+    c0.drain(quiet_s=0.5)
+    c1.drain(quiet_s=0.5)
+    got0 = {m.header.stream for m in c0.messages}
+    got1 = {m.header.stream for m in c1.messages}
+    assert got0 == {s for s in names if bucket_of(s) % 2 == 0} and got1 == {s for s in names if bucket_of(s) % 2 == 1}
+    assert len(c0.messages) == len(c1.messages) == 15
