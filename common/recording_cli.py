@@ -309,7 +309,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             t_virtual = 0
             t0 = time.monotonic()
             late_logged = False
-            for rec in _records(args.files, problems, progress):
+            for rec in _records(args.files, problems if passes == 0 else [], progress):
                 if stop:
                     break
                 if rec.kind not in kinds or (streams and rec.stream not in streams):
@@ -335,10 +335,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 progress.info = f"{sent} msgs, {(t_virtual - t0_rec) / 1e9:.1f} s into the recording"
             progress.close()
             passes += 1
-            if not args.loop:
-                break
             if t0_rec is None:
                 log.warning("nothing to replay (no record matches the selection)")
+                break
+            if not args.loop:
                 break
     finally:
         pub.socket.close(linger=REPLAY_LINGER_MS)
