@@ -204,3 +204,28 @@ def test_sigterm_stops_every_stage_promptly_with_unsent_messages_queued(procs, c
         assert rc == 0, f"{p.argv[2]} exited {rc} on SIGTERM:\n{p.log()}"
         assert took < 2.0, f"{p.argv[2]} took {took:.1f}s to stop"
     stuck.close(0)
+
+
+def test_frozen_producer_is_detected_by_heartbeats_and_rejoins_by_itself(procs, ctx) -> None:
+    # SIGSTOP keeps the TCP connection open (the kernel still ACKs) but the producer answers no
+    # ZMTP ping: only heartbeats can tell. SIGCONT: it is found again without any action.
+    raw, tensor = tcp(), tcp()
+    convert = start_convert(procs, raw, tensor)
+    out = client_sub(ctx, tensor, SocketOptions(hwm=100_000), [topic_for(Kind.TENSOR)])
+    capture = start(procs, "capture", "--source", "synth:tone#mic1", "--output", raw)
+    convert.wait_for("input connected")
+    assert out.poll(20_000), "no tensors before the freeze"
+    t0 = time.monotonic()
+    capture.proc.send_signal(signal.SIGSTOP)
+    try:
+        convert.wait_for("input disconnected", timeout=10)
+        detected_s = time.monotonic() - t0
+        while out.poll(0):  # whatever was in flight before the freeze
+            out.recv_multipart()
+    finally:
+        capture.proc.send_signal(signal.SIGCONT)
+    assert detected_s < 6.0, f"a frozen producer was noticed after {detected_s:.1f}s (heartbeat timeout is 3 s)"
+    t1 = time.monotonic()
+    assert out.poll(10_000), f"the producer did not rejoin:\n{convert.log()}"
+    print(f"frozen producer detected after {detected_s:.2f}s; frames again {time.monotonic() - t1:.2f}s after SIGCONT")
+    assert time.monotonic() - t1 < 2.0
