@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 
 from common.protocol import Header, Kind, decode, encode
 from common.recording import RecordingWriter
+from tests.conftest import ROOT
 from tests.recording.conftest import TWO_STREAMS, read_all, soundbus
 
 RNG = np.random.default_rng(7)
@@ -100,3 +104,27 @@ def test_committed_recording_exports_its_speech(procs, tmp_path: Path) -> None:
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (48000, 2, 48000)
         assert w.readframes(48000) == payloads
+
+
+def test_progress_shows_on_a_terminal_and_not_in_a_pipe(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "common.recording_cli", "export", str(TWO_STREAMS), "--stream", "room48", "-o"]
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run([*args, str(tmp_path / "a.wav")], stderr=slave, stdout=subprocess.DEVNULL, cwd=ROOT,
+                           timeout=30, env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal has no writer left
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert p.returncode == 0
+    assert b"export room48" in shown and b"50 msgs, 1.0 s" in shown
+    piped = subprocess.run([*args, str(tmp_path / "b.wav")], capture_output=True, cwd=ROOT, timeout=30)
+    assert piped.returncode == 0 and b"export room48" not in piped.stderr and b"\x1b[" not in piped.stderr
