@@ -110,8 +110,9 @@ def test_progress_shows_on_a_terminal_and_not_in_a_pipe(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "common.recording_cli", "export", str(TWO_STREAMS), "--stream", "room48", "-o"]
     master, slave = os.openpty()
     try:
+        env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
         p = subprocess.run([*args, str(tmp_path / "a.wav")], stderr=slave, stdout=subprocess.DEVNULL, cwd=ROOT,
-                           timeout=30, env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+                           timeout=30, env=env, check=False)
         os.close(slave)
         shown = b""
         while True:
@@ -126,5 +127,5 @@ def test_progress_shows_on_a_terminal_and_not_in_a_pipe(tmp_path: Path) -> None:
         os.close(master)
     assert p.returncode == 0
     assert b"export room48" in shown and b"50 msgs, 1.0 s" in shown
-    piped = subprocess.run([*args, str(tmp_path / "b.wav")], capture_output=True, cwd=ROOT, timeout=30)
+    piped = subprocess.run([*args, str(tmp_path / "b.wav")], capture_output=True, cwd=ROOT, timeout=30, check=False)
     assert piped.returncode == 0 and b"export room48" not in piped.stderr and b"\x1b[" not in piped.stderr
