@@ -22,16 +22,15 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 import benchlib as bl
+import numpy as np
 
 sys.path.insert(0, str(bl.ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from classify.batching import run_batch  # noqa: E402
-from classify.models import load_model  # noqa: E402
+from classify.batching import run_batch
+from classify.models import load_model
 
 torch.set_num_threads(1)
 
@@ -136,7 +135,7 @@ def main() -> None:
             rows.append((name, f"{hop_s * 1e3:g}", "model", str(b), bl.fmt(cpu * 1e6), bl.fmt(hop_s / cpu),
                          bl.fmt(bl.ratio(base, cpu))))
         n_streams = args.streams if name != "wakeword" else 8
-        stage, n_win = stage_cpu_per_window(model, n_streams, args.seconds, args.frame_ms)
+        stage, _ = stage_cpu_per_window(model, n_streams, args.seconds, args.frame_ms)
         res["stage_us"] = stage * 1e6
         res["stage_streams_per_core"] = hop_s / stage
         res["stage_streams"] = n_streams

@@ -1,4 +1,4 @@
-from common.cli import standalone
 from classify.cli import register
+from common.cli import standalone
 
 standalone(register, "classify")

@@ -10,8 +10,9 @@ caller); the others get their scores. Stateful models commit state only on succe
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ from common.sockets import DEFAULT_RESULT, DEFAULT_TENSOR
 log = logging.getLogger("classify")
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from classify.models import known_models
 
     p = sub.add_parser(

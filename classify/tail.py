@@ -109,12 +109,11 @@ class LiveView:
         self.console = console or Console()
         self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
 
-    def __enter__(self) -> "LiveView":
-        self.live.__enter__()
-        return self
+    def start(self) -> None:
+        self.live.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)
+    def stop(self) -> None:
+        self.live.stop()
 
     def update(self, rec: dict[str, Any], gaps: int) -> None:
         v = self.streams.setdefault(rec["stream"], StreamView())
@@ -192,7 +191,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     shown = 0
     try:
         if live:
-            live.__enter__()
+            live.start()
         while not stop:
             msg = receiver.recv(100)
             if msg is None or msg.header.kind != Kind.RESULT:
@@ -219,7 +218,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         pass
     finally:
         if live:
-            live.__exit__(None, None, None)
+            live.stop()
         receiver.close()
         sock.close()
         ctx.term()

@@ -15,8 +15,9 @@ This module imports no torch, so ``soundbus tail`` and the CLI stay light.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class Model:
         """A fresh per-stream state, or None for a stateless model."""
         return None
 
-    def forward(self, windows: "torch.Tensor", states: Sequence[StreamState | None]) -> Any:
+    def forward(self, windows: torch.Tensor, states: Sequence[StreamState | None]) -> Any:
         """Scores for a batch of windows (see the module docstring for shapes)."""
         raise NotImplementedError
 

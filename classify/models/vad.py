@@ -14,8 +14,8 @@ a single stream). Both give the same probabilities (tests/classify/test_classify
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from importlib import resources
-from typing import Sequence
 
 import numpy as np
 import torch
