@@ -195,11 +195,18 @@ class ClassifyWorker:
     # ---- model and output ----------------------------------------------------------
 
     def serve(self) -> int:
-        """Run every ready window through the model, one window per stream per batch."""
+        """Run every ready window through the model in batches across streams; returns results sent."""
         served = 0
         max_batch = self.model.spec.max_batch
+        # A stateless model may take several windows of one stream in a pass (a backlog);
+        # a stateful one sees each stream's windows in order, one per pass.
+        per_stream = 1 if self.model.spec.stateful else max_batch
         while True:
-            ready = [(s, slot) for s, slot in self.slots.items() if slot.windows.ready()]
+            ready = [
+                (s, slot)
+                for s, slot in self.slots.items()
+                for _ in range(min(slot.windows.ready_count(), per_stream))
+            ]
             if not ready:
                 return served + self._finish_ended()
             for i in range(0, len(ready), max_batch):
