@@ -177,8 +177,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Subscribe to results and print them until Ctrl-C (or ``--count`` results)."""
     out = out or sys.stdout
     live_view = out.isatty() and not args.json and not args.plain
-    # on a terminal the live view owns the screen: log lines would tear it, so only warnings
-    setup_logging(verbosity(args) if not live_view or args.verbose else -1)
+    # The live view owns the terminal: log lines on the same terminal would tear it, so there
+    # only warnings are logged. Logs to a pipe (soundbus up reads them) stay as they are.
+    quiet = live_view and sys.stderr.isatty() and not args.verbose
+    setup_logging(-1 if quiet else verbosity(args))
     stop = StopFlag()
     metrics = stage_metrics(args, "tail")
     ctx = zmq.Context()
