@@ -34,7 +34,7 @@ class Anchor:
 class Window:
     """One window ready for the model: samples (channels, window) and what they cover."""
 
-    samples: np.ndarray  # float32 (channels, window); a copy, safe to batch
+    samples: np.ndarray  # float32 (channels, window): a view into the buffer, valid until the next push
     offset: int  # sample index of the first sample
     start_ns: int
     end_ns: int
@@ -125,7 +125,7 @@ class StreamWindows:
         """The oldest ready window; advances by one hop. Call only when ``ready()``."""
         assert self._count >= self.window
         s = self.offset
-        samples = self._buf[:, self._start : self._start + self.window].copy()
+        samples = self._buf[:, self._start : self._start + self.window]  # no copy: batching stacks it
         first = self._anchor_of(s)
         last = self._anchor_of(s + self.window - 1)
         win = Window(

@@ -29,7 +29,9 @@ def feed(w: StreamWindows, audio: np.ndarray, sizes: list[int]) -> list:
         pos += part.shape[1]
         seq += 1
         while w.ready():
-            out.append(w.take())
+            win = w.take()
+            win.samples = win.samples.copy()  # a view is valid only until the next push
+            out.append(win)
     return out
 
 
