@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,8 +25,7 @@ from convert.resample import StreamResampler
 NS = 1_000_000_000
 
 
-@dataclass(frozen=True)
-class InputFormat:
+class InputFormat(NamedTuple):
     """What a stream's raw frames look like; a change mid-stream resets its state."""
 
     format: str
@@ -42,7 +42,7 @@ class OutFrame:
     seq: int
     offset: int  # output samples since the epoch began
     t_capture_ns: int
-    flags: Flag
+    flags: int  # Flag bits (a plain int: enum arithmetic is slow on the hot path)
 
 
 class FrameBuffer:
@@ -151,9 +151,11 @@ class StreamState:
         self.ended = False  # END seen: the next message restarts the state
         self.flushed = False  # tail flushed while idle: the next message restarts the state
         self.last_header: Header | None = None  # latest input header (source, trace for output)
+        self.out_header: Header | None = None  # reused for every output frame (see worker._encode)
+        self.out_topic = b""
         self.reset(t_ns=0, out_offset=0, flags=Flag.NONE)
 
-    def reset(self, t_ns: int, out_offset: int, flags: Flag = Flag.DISCONTINUITY) -> None:
+    def reset(self, t_ns: int, out_offset: int, flags: int = Flag.DISCONTINUITY) -> None:
         """Drop filter and buffer state; the next output sample is at ``out_offset``, time ``t_ns``.
 
         ``flags`` go on the next frame published (DISCONTINUITY after a gap or format change).
@@ -166,16 +168,16 @@ class StreamState:
         self.anchor_offset = out_offset
         self.produced = 0
         # (output offset, flags): flags go on the frame holding that sample (or the next one)
-        self.pending: list[tuple[int, Flag]] = [(out_offset, flags)] if flags else []
+        self.pending: list[tuple[int, int]] = [(out_offset, int(flags))] if flags else []
 
-    def mark(self, flags: Flag) -> None:
+    def mark(self, flags: int) -> None:
         """Flag the output frame that will hold the next input sample pushed (gap, overflow)."""
         r = self.resampler
-        self.pending.append((self.anchor_offset + (r.samples_in * r.out_rate) // r.in_rate, flags))
+        self.pending.append((self.anchor_offset + (r.samples_in * r.out_rate) // r.in_rate, int(flags)))
 
-    def set_start_flags(self, flags: Flag) -> None:
+    def set_start_flags(self, flags: int) -> None:
         """Replace the flags of the first frame after (re)start."""
-        self.pending = [(self.anchor_offset, flags)] if flags else []
+        self.pending = [(self.anchor_offset, int(flags))] if flags else []
 
     @property
     def out_offset(self) -> int:
@@ -193,7 +195,7 @@ class StreamState:
         shape = (n,) if self.out_channels == 1 else (n, self.out_channels)
         return self.push(np.zeros(shape, dtype=np.float32))
 
-    def flush(self, flags: Flag = Flag.NONE) -> list[OutFrame]:
+    def flush(self, flags: int = 0) -> list[OutFrame]:
         """End of a signal: emit the resampler tail and the partial frame (it may be short).
 
         ``flags`` (e.g. END) go on the last frame emitted.
@@ -202,6 +204,7 @@ class StreamState:
         rest = self.frames.take_rest()
         if rest is not None:
             out += self._frames([rest])
+        flags = int(flags)
         if out:
             for _, f in self.pending:  # marks past the end of the signal land on its last frame
                 flags |= f
@@ -214,7 +217,7 @@ class StreamState:
         for b in blocks:
             off = self.anchor_offset + self.produced
             t = self.anchor_t_ns + (self.produced * NS) // self.out_rate
-            flags = Flag.NONE
+            flags = 0
             if self.pending:
                 end = off + b.shape[1]
                 for pos, f in self.pending:

@@ -38,6 +38,8 @@ from convert.stream import InputFormat, OutFrame, StreamState
 log = logging.getLogger("convert")
 
 STAGE = "convert"
+_END, _OVERFLOW, _DISCONTINUITY = int(Flag.END), int(Flag.OVERFLOW), int(Flag.DISCONTINUITY)
+_FLAGS = [Flag(i) for i in range(8)]  # int bits -> Flag, without an enum call per frame
 DEFAULT_RATE = 16_000
 DEFAULT_FRAME_MS = 32.0  # 512 samples at 16 kHz: silero-vad's chunk
 
@@ -71,6 +73,7 @@ class Converter:
         self.gain = cfg.gain
         self._may_clip_int = self.gain > 1.0
         self._badlog = RateLimitedLog(log)
+        self._rate_ok: dict[int, bool] = {}  # input rate -> supported (checked once per rate)
 
     # -- entry point -------------------------------------------------------------------
     def handle(self, msg: Message, t_in_ns: int) -> list[list]:
@@ -78,7 +81,10 @@ class Converter:
         h = msg.header
         if h.kind is not Kind.RAW:
             return self._reject("not_raw", f"kind {h.kind.value} on a raw input")
-        if not rate_supported(h.rate, self.cfg.rate):
+        ok = self._rate_ok.get(h.rate)
+        if ok is None:
+            ok = self._rate_ok[h.rate] = rate_supported(h.rate, self.cfg.rate)
+        if not ok:
             return self._reject("rate_unsupported", f"stream {h.stream}: {h.rate} Hz -> {self.cfg.rate} Hz")
         try:
             self.cfg.channels.check(h.channels)
@@ -96,23 +102,31 @@ class Converter:
         x = select_float32(stored, h.format, h.layout, self.cfg.channels, self.gain)
         if h.format in FLOAT_FORMATS or self._may_clip_int:
             x = self._clip(x)
-        if h.flags & Flag.OVERFLOW:
-            st.mark(Flag.OVERFLOW)
+        flags = int(h.flags)  # plain int: enum arithmetic costs microseconds per frame
+        if flags & _OVERFLOW:
+            st.mark(_OVERFLOW)
             self.metrics.event("input_overflow")
-        out += [(st, f) for f in st.push(x)]
+        for f in st.push(x):
+            out.append((st, f))
         st.next_in_offset = h.offset + h.frames
         st.last_in_frames = h.frames
         st.last_header = h
-        if h.flags & Flag.END:
-            out += [(st, f) for f in st.flush(Flag.END)]
+        if flags & _END:
+            out += [(st, f) for f in st.flush(_END)]
             st.ended = True
             self.metrics.event("end")
         return self._encode(out, t_in_ns)
 
     # -- continuity ----------------------------------------------------------------------
     def _state_for(self, h: Header, cont: Continuity, missing: int, out: list) -> StreamState:
-        fmt = InputFormat(h.format, h.rate, h.channels, h.layout)
         st = self.states.get(h.stream)
+        if st is not None and cont is Continuity.NEXT and not st.ended and not st.flushed:
+            # the common case, decided without building anything
+            if (st.fmt.format == h.format and st.fmt.rate == h.rate and st.fmt.channels == h.channels
+                    and st.fmt.layout == h.layout and h.offset <= st.next_in_offset
+                    and not int(h.flags) & _DISCONTINUITY):
+                return st
+        fmt = InputFormat(h.format, h.rate, h.channels, h.layout)
         if st is None or cont is Continuity.FIRST:
             clean = h.seq == 0 and h.offset == 0
             return self._new_state(h, fmt, Flag.NONE if clean else Flag.DISCONTINUITY)
@@ -211,23 +225,21 @@ class Converter:
         t_out = time.time_ns()
         for st, f in frames:
             src = st.last_header
-            h = Header(
-                kind=Kind.TENSOR,
-                stream=st.stream,
-                epoch=st.epoch,
-                seq=f.seq,
-                t_capture_ns=f.t_capture_ns,
-                rate=self.cfg.rate,
-                channels=f.samples.shape[0],
-                format="f32",
-                layout="planar",
-                frames=f.samples.shape[1],
-                offset=f.offset,
-                flags=f.flags,
-                source=src.source,
-                trace=with_hop(src, STAGE, t_in_ns, t_out),
-            )
-            msgs.append([h.topic(), encode_header(h), memoryview(f.samples).cast("B")])
+            h = st.out_header
+            if h is None:  # built once per state; only the per-frame fields change below
+                h = st.out_header = Header(
+                    kind=Kind.TENSOR, stream=st.stream, epoch=st.epoch, seq=0, t_capture_ns=0, rate=self.cfg.rate,
+                    channels=st.out_channels, format="f32", layout="planar",
+                )
+                st.out_topic = h.topic()
+            h.seq = f.seq
+            h.t_capture_ns = f.t_capture_ns
+            h.frames = f.samples.shape[1]
+            h.offset = f.offset
+            h.flags = _FLAGS[f.flags]
+            h.source = src.source
+            h.trace = with_hop(src, STAGE, t_in_ns, t_out)
+            msgs.append([st.out_topic, encode_header(h), memoryview(f.samples).cast("B")])
             self.metrics.frame_out(st.stream)
         return msgs
 
@@ -272,7 +284,8 @@ def run(
                 for frames in conv.flush_idle(idle_flush_s, time.time_ns()):
                     if not pub.send(frames):
                         metrics.drop("send_queue_full")
-            metrics.maybe_log_summary(events_text(metrics))
+            if now - metrics._last_summary >= metrics.summary_every_s:
+                metrics.maybe_log_summary(events_text(metrics))
     finally:
         log.info("%s", metrics.summary() + " " + events_text(metrics))
         if receiver is not None:
