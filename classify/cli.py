@@ -75,6 +75,9 @@ def run_classify(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"soundbus: bad --threshold ({e}); use ON[:OFF] or LABEL=ON[:OFF], e.g. speech=0.6:0.4.", file=sys.stderr)
         return 2
+    if args.top_k is not None and args.top_k < 1:
+        print(f"soundbus: --top-k must be at least 1, got {args.top_k}.", file=sys.stderr)
+        return 2
     stop = StopFlag()
     try:
         model = load_model(args.model)
