@@ -60,7 +60,7 @@ def test_discontinuity_resets_vad_state_and_window(zctx, audio):
         reset = h.send(speech, Flag.DISCONTINUITY)  # same audio after a reset: exactly the first scores
     finally:
         h.close()
-    p = lambda rs: np.array([r["labels"][0][1] for r in rs])  # noqa: E731
+    p = lambda rs: np.array([r["labels"][0][1] for r in rs])
     assert len(first) == len(again) == len(reset) == 40
     np.testing.assert_allclose(p(reset), p(first), atol=1e-6)
     assert np.abs(p(again) - p(first)).max() > 1e-3  # the state mattered
