@@ -140,6 +140,9 @@ class ZapThread(threading.Thread):
                     loop.run_until_complete(reply)
         except zmq.ContextTerminated:
             pass
+        except zmq.ZMQError as e:
+            if e.errno != zmq.ENOTSOCK:  # ENOTSOCK: ctx.destroy() closed our socket from another thread
+                log.error("ZAP handler stopped: %s; CURVE clients can no longer be admitted", e)
         finally:
             sock.close(linger=0)
             self.auth.zap_socket = None

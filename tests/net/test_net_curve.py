@@ -12,6 +12,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 
 import zmq
 import zmq.auth
@@ -121,3 +122,36 @@ def test_stage_input_bound_as_curve_server_takes_only_allowed_publishers(procs, 
         got.append(decode(out.recv_multipart()))
     assert {m.header.stream for m in got} == {"good"}, "an unauthenticated capture injected a stream"
     assert plain.proc.poll() is None and all(c.proc.poll() is None for c in caps)
+
+
+def test_two_server_sockets_in_one_process_keep_their_own_allow_lists(tmp_path, ctx) -> None:
+    """One ZAP handler per process, one domain per allow directory (the proxy's two sides may differ)."""
+    from common.keys import create_keypair
+    from common.sockets import CurveConfig, open_socket
+
+    server_pub, server_sec = create_keypair(tmp_path / "server", "server")
+    client_pub, client_sec = create_keypair(tmp_path / "client", "client")
+    allow_x, allow_y = tmp_path / "x", tmp_path / "y"
+    allow_x.mkdir()
+    allow_y.mkdir()
+    (allow_x / "client.key").write_bytes(client_pub.read_bytes())
+    addr_x, addr_y = tcp(), tcp()
+    pub_x = open_socket(ctx, zmq.PUB, ["@" + addr_x], SocketOptions(curve=CurveConfig(server_sec, None, allow_x)))
+    pub_y = open_socket(ctx, zmq.PUB, ["@" + addr_y], SocketOptions(curve=CurveConfig(server_sec, None, allow_y)))
+    client = SocketOptions(curve=CurveConfig(client_sec, server_pub, None))
+    sub_x = client_sub(ctx, addr_x, client, [b""])
+    sub_y = client_sub(ctx, addr_y, client, [b""])
+    wy = Watch(sub_y)
+    wy.wait(Watch.FAILED)  # refused (it retries, so the event repeats after the monitor is attached)
+    got, deadline = 0, time.monotonic() + 20
+    while got < 20:
+        assert time.monotonic() < deadline, "the client allowed by X received nothing from X"
+        pub_x.send(b"x")
+        pub_y.send(b"y")
+        if sub_x.poll(50):
+            assert sub_x.recv() == b"x"
+            got += 1
+    assert drain(sub_y) == []
+    wy.close()
+    for s in (pub_x, pub_y, sub_x, sub_y):
+        s.close(0)
