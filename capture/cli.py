@@ -99,8 +99,9 @@ def run_capture(args: argparse.Namespace) -> int:
         print(f"soundbus: {e}", file=sys.stderr)
         return 2
     sockopts = socket_options(args)
-    if opts.fast and not opts.loop:
-        sockopts.hwm = fast_file_hwm(sources, opts.frame_ms, sockopts.hwm)
+    if opts.fast:
+        # As fast as possible: a full subscriber queue makes the source wait instead of dropping frames.
+        sockopts.nodrop = True
     runner = CaptureRunner(
         sources,
         outputs_of(args),
@@ -114,24 +115,6 @@ def run_capture(args: argparse.Namespace) -> int:
     )
     return runner.run(stop)
 
-
-FAST_HWM_CAP = 200_000  # frames; ~67 min of 20 ms frames held at most
-
-
-def fast_file_hwm(sources, frame_ms: float, hwm: int) -> int:
-    """Send queue bound for ``--fast`` files: room for every frame, so a slower subscriber loses none.
-
-    A PUB socket drops past its high-water mark; a file published as fast as possible would
-    otherwise lose whatever the consumer had not taken yet. Bounded by FAST_HWM_CAP.
-    """
-    from capture.framer import frames_for_ms
-
-    need = 0
-    for src in sources:
-        total = getattr(src, "total_frames", None)
-        if total is not None:
-            need += -(-total // frames_for_ms(src.fmt.rate, frame_ms)) + 1
-    return max(hwm, min(need + 16, FAST_HWM_CAP))
 
 
 def run_devices(args: argparse.Namespace) -> int:

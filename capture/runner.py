@@ -146,7 +146,7 @@ class CaptureRunner:
                         t.thread.join(3.0)
         finally:
             if pub is not None:
-                pub.socket.close(linger=END_LINGER_MS)
+                pub.close(linger_ms=END_LINGER_MS)
             ctx.term()
 
     def _loop(self, pub: Publisher, threads: list[SourceThread], stop: StopFlag) -> int:

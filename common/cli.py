@@ -47,6 +47,12 @@ def run(argv: Sequence[str] | None = None, registers: Sequence[Register] | None 
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except SystemExit as e:
+        # `raise SystemExit("soundbus: what to do")` is how a user error ends a command: exit 2, like argparse.
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
 
 
 def main() -> None:

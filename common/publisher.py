@@ -69,5 +69,6 @@ class Publisher:
         self.sent += 1
         return True
 
-    def close(self) -> None:
-        self.socket.close()
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close; queued messages get ``linger_ms`` to leave (default: the socket's LINGER)."""
+        self.socket.close(linger=linger_ms)

@@ -13,6 +13,7 @@ Also runnable as ``python -m common.recording_cli COMMAND ...``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -288,9 +289,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     opts = socket_options(args)
     stop = StopFlag()
     ctx = zmq.Context()
-    pub = Publisher(ctx, outputs, opts)
-    # Lossless: with NODROP a full consumer queue makes send fail (we wait) instead of dropping.
-    pub.socket.setsockopt(zmq.XPUB_NODROP, 1)
+    # Lossless: with nodrop a full consumer queue makes send fail (we wait) instead of dropping.
+    pub = Publisher(ctx, outputs, dataclasses.replace(opts, nodrop=True))
     log.info("ready (replaying %s on %s)", " ".join(args.files), ", ".join(outputs))
     kinds, streams = set(args.kind or ALL_KINDS), set(args.stream or [])
     epochs = EpochMap()
@@ -341,7 +341,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if not args.loop:
                 break
     finally:
-        pub.socket.close(linger=REPLAY_LINGER_MS)
+        pub.close(linger_ms=REPLAY_LINGER_MS)
         if args.curve_secret is not None:
             from common.keys import stop_authenticators
 
