@@ -122,6 +122,7 @@ def run_classify(args: argparse.Namespace) -> int:
     finally:
         model.close()
         ctx.term()
+    log.info("stopped")
     return 0
 
 
