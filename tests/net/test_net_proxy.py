@@ -58,8 +58,10 @@ def test_proxy_killed_and_restarted_is_found_again_within_2s_with_the_gap_visibl
     proxy = start_proxy(procs, "--frontend", fe, "--backend", be)
     proxy.wait_for("ready")
     sub = client_sub(ctx, be, SocketOptions(), [topic_for(Kind.RAW)])
-    # Real time, 20 ms frames; a queue of 5 frames toward the proxy, so a ~1 s outage must lose frames.
-    start(procs, "capture", "--source", "synth:tone#mic1", "--hwm", "5", "--output", ">" + fe)
+    # A live source (it cannot wait: 20 ms frames in real time) with a queue of 5 frames toward the
+    # proxy, so a ~1 s outage must lose frames. (capture holds file/synth frames instead: no loss.)
+    feeder = RawFeeder(ctx, [">" + fe], ["mic1"], SocketOptions(hwm=5), period_s=0.02)
+    feeder.start()
     tracker = SequenceTracker()
 
     def receive(n: int, timeout: float) -> list:
@@ -83,6 +85,7 @@ def test_proxy_killed_and_restarted_is_found_again_within_2s_with_the_gap_visibl
     assert cont is Continuity.GAP and missing > 0, "the outage must show as a sequence gap"
     after = receive(10, 5)
     assert all(c is Continuity.NEXT for _, (c, _) in after)
+    feeder.stop()
 
 
 def test_slow_subscriber_costs_only_itself(procs, ctx) -> None:
