@@ -196,8 +196,12 @@ class Converter:
         st.ended = st.flushed = False
 
     # -- housekeeping ----------------------------------------------------------------------
-    def flush_idle(self, idle_s: float, t_in_ns: int) -> list[list]:
-        """Publish the tails of streams silent for ``idle_s`` seconds (their next frame resets)."""
+    def flush_idle(self, idle_s: float, t_in_ns: int, evict_s: float = 60.0) -> list[list]:
+        """Publish the tails of streams silent for ``idle_s`` seconds (their next frame resets).
+
+        States of streams silent for ``evict_s`` seconds are dropped, so streams that come and
+        go do not hold resamplers forever; one that returns starts as if joining mid-epoch.
+        """
         out = []
         for name in self.tracker.silent_streams(idle_s):
             st = self.states.get(name)
@@ -206,7 +210,13 @@ class Converter:
             out += [(st, f) for f in st.flush()]
             st.flushed = True
             self.metrics.event("idle_flush")
-        return self._encode(out, t_in_ns)
+        msgs = self._encode(out, t_in_ns)
+        for name in self.tracker.silent_streams(evict_s):
+            st = self.states.get(name)
+            if st is not None and (st.ended or st.flushed):
+                del self.states[name]
+                self.metrics.event("stream_evicted")
+        return msgs
 
     def _clip(self, x: np.ndarray) -> np.ndarray:
         if x.size == 0 or np.max(np.abs(x)) <= 1.0:  # False for NaN: falls through

@@ -245,3 +245,14 @@ def test_idle_stream_tail_is_flushed_and_its_next_frame_restarts() -> None:
     assert more[0].header.flags & Flag.DISCONTINUITY if more else True
     assert conv.metrics.events["idle_flush"] == 1 and conv.metrics.events["reset_restart"] == 1
     assert [m.header.seq for m in out + tail + more] == list(range(len(out + tail + more)))
+
+
+def test_long_silent_streams_are_evicted_and_numbering_stays_monotonic_when_they_return() -> None:
+    msgs = frames_of(signal(0.4), [960] * 20)
+    conv = converter()
+    out = feed(conv, msgs[:10])
+    out += [decode(f) for f in conv.flush_idle(0.0, 0, evict_s=0.0)]
+    assert "mic" not in conv.states and conv.metrics.events["stream_evicted"] == 1
+    back = feed(conv, msgs[12:])
+    assert back[0].header.seq > out[-1].header.seq and back[0].header.flags & Flag.DISCONTINUITY
+    assert back[0].header.offset >= out[-1].header.offset + out[-1].header.frames
