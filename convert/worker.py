@@ -284,7 +284,14 @@ def run(
             msg = receiver.recv(100)
             now = time.monotonic()
             if msg is not None:
-                for frames in conv.handle(msg, time.time_ns()):
+                try:
+                    outs = conv.handle(msg, time.time_ns())
+                except Exception:  # a bug must cost one stream a reset, not the whole stage
+                    log.exception("stream %s: conversion failed; its state is dropped", msg.header.stream)
+                    metrics.bad_message("convert_error")
+                    conv.states.pop(msg.header.stream, None)
+                    outs = []
+                for frames in outs:
                     if not pub.send(frames):
                         metrics.drop("send_queue_full")
             else:
