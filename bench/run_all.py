@@ -152,6 +152,14 @@ def md_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _trim(rows: list[list[str]]) -> list[list[str]]:
+    """Drop trailing columns that are empty in every row."""
+    width = max(len(r) for r in rows)
+    while width > 1 and all(len(r) < width or not str(r[width - 1]).strip() for r in rows):
+        width -= 1
+    return [list(r[:width]) + [""] * (width - len(r[:width])) for r in rows]
+
+
 def render(r: dict[str, Any]) -> str:
     """A benchmark's section body: its table (or its numbers), when and where it ran."""
     if "_machine" in r:
@@ -163,7 +171,16 @@ def render(r: dict[str, Any]) -> str:
     if "error" in r:
         return head + f"**Failed:** {r['error']}\n\n```\n{r.get('stderr', '')[-800:]}\n```\n"
     if r.get("table"):
-        body = md_table(r["table"])
+        # an all-empty row separates two tables (bench_peers: transport, then conversion)
+        parts, cur = [], []
+        for row in r["table"]:
+            if not any(str(c).strip() for c in row):
+                parts.append(cur)
+                cur = []
+            else:
+                cur.append([c for c in row])
+        parts.append(cur)
+        body = "\n\n".join(md_table(_trim(p)) for p in parts if p)
     else:
         flat = flatten(r)
         rows = [["figure", "value"]] + [[k, bl.fmt(float(v), 4)] for k, v in flat if k not in ("wall_s", "rc")][:60]
