@@ -43,6 +43,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="[LABEL=]ON[:OFF]",
         help="event thresholds with hysteresis, e.g. 0.6:0.4 or speech=0.7:0.5 (repeatable; default per model)",
     )
+    p.add_argument(
+        "--idle-s",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="a stream with no tensor for S seconds is flushed like an ended one: last window classified, "
+        "labels stopped (default 5; 0: never)",
+    )
     p.add_argument("--top-k", type=int, metavar="K", help="labels per result (default per model)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch/onnx threads (default 1: scale by processes)")
     p.set_defaults(func=run_classify)
@@ -99,6 +107,7 @@ def run_classify(args: argparse.Namespace) -> int:
         max_lag_ms=args.max_lag_ms,
         thresholds=thresholds,
         top_k=args.top_k,
+        idle_s=args.idle_s,
         opts=socket_options(args),
     )
     metrics = stage_metrics(args, "classify")

@@ -55,6 +55,7 @@ class WorkerConfig:
     max_lag_ms: float = 1000.0  # windows ending longer ago than this are dropped, not classified (0: never)
     thresholds: list[tuple[str, float, float]] = field(default_factory=list)
     top_k: int | None = None
+    idle_s: float = 5.0  # a stream silent this long is flushed like an END (0: never)
     opts: SocketOptions = field(default_factory=SocketOptions)
 
 
@@ -68,7 +69,8 @@ class StreamSlot:
         self.epoch = epoch
         self.result_seq = 0
         self.pending_events: list[dict[str, Any]] = []  # stops caused by a reset, sent with the next result
-        self.ended = False  # the source sent END: flush the partial window, stop events, forget the slot
+        self.ended = False  # END or idle: flush the partial window, stop events, forget the slot
+        self.last_rx = time.monotonic()  # when its last tensor arrived
         self.topic = b""  # result topic of this stream and model (cached: it is hashed from the names)
 
     def reset(self, offset: int, t_ns: int) -> None:
@@ -90,6 +92,8 @@ class ClassifyWorker:
         self.max_lag_ns = int(cfg.max_lag_ms * 1_000_000)
         self.buffer_samples = spec.window + spec.hop + int(max(cfg.max_lag_ms / 1000, MIN_BUFFER_S) * spec.rate)
         self.slots: dict[str, StreamSlot] = {}
+        self.resume: dict[str, tuple[int, int]] = {}  # stream -> (epoch, next result seq) of a forgotten slot
+        self._last_idle_check = time.monotonic()
         self.tracker = SequenceTracker(metrics)
         self.sub = open_sub(ctx, cfg.inputs, shard_prefixes(Kind.TENSOR, *cfg.shard), cfg.opts)
         self.pub = Publisher(ctx, cfg.outputs, cfg.opts)
@@ -146,6 +150,7 @@ class ClassifyWorker:
         dropped = slot.windows.push(samples, h.t_capture_ns, h.seq, t_in_ns, h.trace)
         if dropped:
             self._dropped(h.stream, slot, dropped, "buffer_full")
+        slot.last_rx = time.monotonic()
         if h.flags & Flag.END:
             slot.ended = True
 
@@ -155,6 +160,9 @@ class ClassifyWorker:
         w.reset(h.offset)
         slot = StreamSlot(self.model, w, EventTracker(spec.labels, self.on, self.off, spec.hold), h.epoch)
         slot.topic = topic_for(Kind.RESULT, h.stream, spec.name)
+        epoch, seq = self.resume.pop(h.stream, (None, 0))
+        if epoch == h.epoch:  # back after an idle flush in the same epoch: results keep counting
+            slot.result_seq = seq
         self.slots[h.stream] = slot
         log.info("stream %s: first tensor (epoch %d, %d Hz)", h.stream, h.epoch, h.rate)
         return slot
@@ -241,9 +249,22 @@ class ClassifyWorker:
                 part.append((stream, slot))
                 wins.append(slot.windows.take())
         sent = self._run(part, wins, ends) if part else 0
-        for stream, _slot in ended:
+        for stream, slot in ended:
+            self.resume[stream] = (slot.epoch, slot.result_seq)
             del self.slots[stream]
         return sent
+
+    def flush_idle(self, now: float) -> None:
+        """Streams with no tensor for ``idle_s`` (monotonic ``now``) end like an END: their
+        partial window is classified and their labels stop, so a vanished source does not
+        leave "speech" on forever."""
+        if self.cfg.idle_s <= 0:
+            return
+        for stream, slot in self.slots.items():
+            if not slot.ended and now - slot.last_rx > self.cfg.idle_s:
+                slot.ended = True
+                self.metrics.event("idle_flush")
+                log.info("stream %s: no tensor for %.0f s, flushed", stream, now - slot.last_rx)
 
     def publish(self, stream: str, slot: StreamSlot, win: Window, scores: np.ndarray, extra: dict[str, Any],
                 final_end_ns: int | None = None) -> None:
@@ -310,6 +331,10 @@ class ClassifyWorker:
             self.pub.poll_subscriptions()
             self.drop_stale(time.time_ns())
             self.metrics.queue_depth(sum(slot.windows.ready_count() for slot in self.slots.values()))
+            now = time.monotonic()
+            if now - self._last_idle_check > 1.0:
+                self._last_idle_check = now
+                self.flush_idle(now)
             self.serve()
             self.metrics.maybe_log_summary(self.stats())
 

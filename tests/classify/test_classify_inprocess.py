@@ -43,7 +43,8 @@ class Harness:
         self.worker.serve()
         out = []
         while self.sub.poll(200):
-            out.append(decode(self.sub.recv_multipart()).result())
+            m = decode(self.sub.recv_multipart())
+            out.append({**m.result(), "_seq": m.header.seq})
         return out
 
     def close(self) -> None:
@@ -78,3 +79,21 @@ def test_reset_stops_active_labels(zctx, audio):
     # the reset stops "sound" where the new audio begins; it starts again with the new audio
     states = [(e["label"], e["state"]) for e in after[0]["events"]]
     assert states == [("sound", "stop"), ("sound", "start")]
+
+
+def test_idle_stream_is_flushed_and_resumes_its_sequence(zctx, audio):
+    """A source that goes quiet: its partial window is classified, its labels stop; if it comes
+    back in the same epoch its results continue the sequence."""
+    h = Harness(zctx, "level")
+    try:
+        first = h.send(audio.tone(0.35))  # 3 full windows + 800 samples waiting
+        h.worker.flush_idle(time.monotonic() + 60)
+        h.worker.serve()
+        flushed = h.send(np.zeros(0, np.float32))
+        back = h.send(audio.tone(0.25))  # two new windows
+    finally:
+        h.close()
+    assert len(first) == 3 and len(flushed) == 1 and flushed[0]["final"]
+    assert flushed[0]["end_ns"] == h.t0 + int(0.35 * 1e9)
+    assert ("sound", "stop") in [(e["label"], e["state"]) for e in flushed[0]["events"]]
+    assert [r["_seq"] for r in first + flushed + back] == [0, 1, 2, 3, 4, 5]
