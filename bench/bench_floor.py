@@ -24,11 +24,10 @@ import json
 import sys
 import time
 
+import benchlib as bl
 import msgpack
 import numpy as np
 import zmq
-
-import benchlib as bl
 
 PAYLOAD_BYTES = 640  # 320 samples x 2 B: 20 ms of 16 kHz s16 mono
 RATE, FRAMES = 16_000, 320
@@ -274,8 +273,8 @@ def main() -> int:
 
     runs: dict[str, list[dict]] = {"bare": [], "soundbus": []}
     for _ in range(args.repeat):
-        for v in runs:
-            runs[v].append(run_hop(v, args.count))
+        for v, got in runs.items():
+            got.append(run_hop(v, args.count))
     bare, sb = _best(runs["bare"]), _best(runs["soundbus"])
     res = {
         "payload_bytes": PAYLOAD_BYTES,

@@ -32,10 +32,9 @@ import argparse
 import sys
 import time
 
+import benchlib as bl
 import numpy as np
 import zmq
-
-import benchlib as bl
 from bench_floor import run_hop
 
 HOP_TARGET_MS = 2.0
@@ -45,9 +44,9 @@ E2E_TARGET_MS = 10.0
 class Pipeline:
     """classify + convert (kept up) and a capture process that can be restarted with N streams."""
 
-    def __init__(self, model: str, frame_ms: float) -> None:
+    def __init__(self, model: str, frame_ms: float, quality: str = "HQ") -> None:
         self.raw, self.tensor, self.result = bl.free_tcp(), bl.free_tcp(), bl.free_tcp()
-        self.model, self.frame_ms = model, frame_ms
+        self.model, self.frame_ms, self.quality = model, frame_ms, quality
         self.procs: dict[str, bl.Proc] = {}
         self.ctx = zmq.Context()
         self.sub = None
@@ -57,7 +56,8 @@ class Pipeline:
         c = self.procs["classify"] = bl.python_module("classify", "--model", self.model, "--input", self.tensor,
                                                       "--output", self.result, "--max-lag-ms", "60000")
         c.wait_for(r"\bready\b", timeout=180)
-        v = self.procs["convert"] = bl.python_module("convert", "--input", self.raw, "--output", self.tensor)
+        v = self.procs["convert"] = bl.python_module("convert", "--input", self.raw, "--output", self.tensor,
+                                                     "--quality", self.quality)
         v.wait_for(r"\bready\b", timeout=60)
         v.wait_for(r"subscriber joined", timeout=60)
         self.sub = self.ctx.socket(zmq.SUB)
@@ -192,12 +192,13 @@ def main() -> int:
     ap.add_argument("--max-streams", type=int, default=200)
     ap.add_argument("--frame-ms", type=float, default=20.0, help="capture frame length (default 20)")
     ap.add_argument("--model", default="vad")
+    ap.add_argument("--quality", default="HQ", help="convert's soxr quality (default HQ; QQ holds no audio back)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
 
     ncores = len(__import__("os").sched_getaffinity(0))
-    pipe = Pipeline(args.model, args.frame_ms)
-    res: dict = {"model": args.model, "capture_frame_ms": args.frame_ms, "targets_ms": {
+    pipe = Pipeline(args.model, args.frame_ms, args.quality)
+    res: dict = {"model": args.model, "capture_frame_ms": args.frame_ms, "convert_quality": args.quality, "targets_ms": {
         "hop_p99": HOP_TARGET_MS, "capture_to_result_p99": E2E_TARGET_MS}}
     try:
         pipe.start()

@@ -19,17 +19,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import benchlib as bl
 import numpy as np
 import zmq
-
-import benchlib as bl
 
 RATE, CH, FRAME = 48_000, 2, 960  # 20 ms of 48 kHz stereo s16 per frame
 GROWTH_TARGET = 0.05
@@ -269,7 +267,7 @@ def main() -> int:
     rows = [("measure", "convert", "classify", "note")]
     if not args.skip_streams:
         r = res["per_stream"] = per_stream_cost(args.streams, args.send_rate)
-        mib = lambda b: bl.fmt(b / 2**20)  # noqa: E731
+        mib = lambda b: bl.fmt(b / 2**20)
         rows.append(("RSS idle, 0 streams (baseline) MiB", mib(r["rss_idle"]["convert"]), mib(r["rss_idle"]["classify"]), ""))
         rows.append(("RSS 1 stream MiB", mib(r["rss_1"]["convert"]), mib(r["rss_1"]["classify"]), ""))
         rows.append((f"RSS {args.streams} streams MiB", mib(r[f"rss_{args.streams}"]["convert"]),

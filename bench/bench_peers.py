@@ -29,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import benchlib as bl
+import numpy as np
 from bench_floor import FRAMES, PAYLOAD_BYTES, RATE, _best, run_hop
 
 IN_RATE, OUT_RATE, IN_CH = 48_000, 16_000, 2

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,13 +75,13 @@ def machine() -> dict[str, Any]:
     """CPU model, cores, RAM, kernel, Python and the versions of the libraries measured."""
     cpu = "unknown"
     try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
         cpu = m.group(1).strip() if m else cpu
     except OSError:
         pass
     ram_gb = float("nan")
     try:
-        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
         ram_gb = round(int(m.group(1)) / 2**20, 1) if m else ram_gb
     except OSError:
         pass

@@ -49,7 +49,7 @@ def run_one(name: str, extra: list[str], timeout: float) -> dict[str, Any]:
     argv = [sys.executable, str(bl.BENCH / f"bench_{name}.py"), "--json", *extra]
     t0 = time.monotonic()
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=bl.ROOT)
+        p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, cwd=bl.ROOT)
     except subprocess.TimeoutExpired as e:
         err = (e.stderr or b"")[-2000:]
         return {"bench": name, "error": f"timed out after {timeout:g} s",
@@ -202,9 +202,11 @@ def fill_docs(results: dict[str, dict], path: Path = DOCS) -> list[str]:
     if m:
         results = {"machine": {"_machine": m}, **results}
     for name, r in results.items():
-        rx = re.compile(rf"(<!-- bench:{re.escape(name)}:begin -->\n)(.*?)(<!-- bench:{re.escape(name)}:end -->)", re.S)
+        tag = re.escape(name)
+        rx = re.compile(rf"(<!-- bench:{tag}:begin -->\n)(.*?)(<!-- bench:{tag}:end -->)", re.DOTALL)
         if rx.search(text):
-            text = rx.sub(lambda m: m.group(1) + render(r) + m.group(3), text)
+            body = render(r)
+            text = rx.sub(lambda m, body=body: m.group(1) + body + m.group(3), text)
             filled.append(name)
     path.write_text(text)
     return filled

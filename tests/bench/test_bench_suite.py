@@ -13,12 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-import benchlib  # noqa: E402
-import run_all  # noqa: E402
+import benchlib
+import run_all
 
 
 def _run(*args: str, timeout: float = 60) -> dict:
-    p = subprocess.run([sys.executable, *args, "--json"], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    argv = [sys.executable, *args, "--json"]
+    p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
