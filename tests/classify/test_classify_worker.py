@@ -17,7 +17,7 @@ import pytest
 from common.protocol import Flag, Kind
 
 HERE = os.path.dirname(__file__)
-NO_STALE = ["--max-lag-ms", "600000"]  # tests send faster than real time; keep every window
+NO_STALE = ["--max-lag-ms", "600000", "--idle-s", "0"]  # bursts faster than real time: keep every window, no idle flush
 
 
 def results_by_stream(messages) -> dict[str, list[dict]]:
