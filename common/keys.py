@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_threads: dict[int, "ZapThread"] = {}  # id(context) -> its ZAP handler
+_threads: dict[int, "ZapThread"] = {}  # id(context) -> its ZAP handler (checked against the context itself)
 
 
 def create_keypair(directory: Path, name: str) -> tuple[Path, Path]:
@@ -107,7 +107,7 @@ class ZapThread(threading.Thread):
         super().__init__(name="soundbus-zap", daemon=True)
         self.auth = _AllowList(ctx)
         self._started = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._error: BaseException | None = None
 
     def add_domain(self, domain: str, allowed: dict[bytes, bool]) -> None:
@@ -132,7 +132,7 @@ class ZapThread(threading.Thread):
         sock = self.auth.zap_socket
         self._started.set()
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 if not sock.poll(200):
                     continue
                 reply = self.auth.handle_zap_message(sock.recv_multipart())
@@ -149,7 +149,7 @@ class ZapThread(threading.Thread):
             loop.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(2)
 
 
@@ -159,7 +159,8 @@ def _zap_domain(ctx: zmq.Context, allow_dir: Path) -> str:
     domain = f"soundbus:{Path(allow_dir).resolve()}"[:254]
     with _lock:
         zap = _threads.get(id(ctx))
-        if zap is None or not zap.is_alive():
+        # id() of a destroyed context may be reused by a new one: match the object itself.
+        if zap is None or zap.auth.context is not ctx or not zap.is_alive():
             zap = ZapThread(ctx)
             zap.start_and_wait()
             _threads[id(ctx)] = zap
@@ -180,6 +181,8 @@ def apply_curve(sock: zmq.Socket, cfg: "CurveConfig", server: bool) -> None:
         if cfg.allow_dir is None:
             raise SystemExit("soundbus: a binding CURVE socket needs --curve-allow DIR of client public keys.")
         sock.zap_domain = _zap_domain(sock.context, Path(cfg.allow_dir)).encode()
+        # Without this, libzmq admits every client when no ZAP handler answers (e.g. it died).
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.curve_server = True
     else:
         if cfg.server_public_file is None:

@@ -164,6 +164,18 @@ def client_sub(ctx: zmq.Context, addr: str, opts: SocketOptions | None, prefixes
     return sock
 
 
+def watched_sub(
+    ctx: zmq.Context, addr: str, opts: SocketOptions | None, prefixes: list[bytes]
+) -> tuple[zmq.Socket, Watch]:
+    """Like client_sub, with a Watch attached before connecting (so no connection event is missed)."""
+    sock = open_socket(ctx, zmq.SUB, [], opts, default_bind=False)
+    for p in prefixes:
+        sock.setsockopt(zmq.SUBSCRIBE, p)
+    watch = Watch(sock)
+    sock.connect(addr)
+    return sock, watch
+
+
 def drain(sock: zmq.Socket, quiet_ms: int = 0) -> list[list[bytes]]:
     """Every message waiting on ``sock``, until none arrives for ``quiet_ms``."""
     out = []

@@ -20,7 +20,7 @@ import zmq.auth
 from common.protocol import decode
 from common.sockets import SocketOptions
 from tests.conftest import ROOT, tcp
-from tests.net.conftest import KeyRing, RawFeeder, Watch, client_sub, drain, start_proxy
+from tests.net.conftest import KeyRing, RawFeeder, Watch, client_sub, drain, start_proxy, watched_sub
 
 
 def _z85(path) -> str:
@@ -37,9 +37,8 @@ def test_proxy_with_curve_admits_only_allowed_keys_both_ways(procs, keyring: Key
     proxy.wait_for("ready")
 
     sub_ok = client_sub(ctx, be, KeyRing.client_opts(good_sub, proxy_key), [b"raw/"])
-    sub_rogue = client_sub(ctx, be, KeyRing.client_opts(rogue_sub, proxy_key), [b"raw/"])
-    sub_plain = client_sub(ctx, be, SocketOptions(), [b"raw/"])
-    watch_rogue, watch_plain = Watch(sub_rogue), Watch(sub_plain)
+    sub_rogue, watch_rogue = watched_sub(ctx, be, KeyRing.client_opts(rogue_sub, proxy_key), [b"raw/"])
+    sub_plain, watch_plain = watched_sub(ctx, be, SocketOptions(), [b"raw/"])
 
     feeders = [
         RawFeeder(ctx, [">" + fe], ["good"], KeyRing.client_opts(good_pub, proxy_key)),
@@ -140,8 +139,7 @@ def test_two_server_sockets_in_one_process_keep_their_own_allow_lists(tmp_path, 
     pub_y = open_socket(ctx, zmq.PUB, ["@" + addr_y], SocketOptions(curve=CurveConfig(server_sec, None, allow_y)))
     client = SocketOptions(curve=CurveConfig(client_sec, server_pub, None))
     sub_x = client_sub(ctx, addr_x, client, [b""])
-    sub_y = client_sub(ctx, addr_y, client, [b""])
-    wy = Watch(sub_y)
+    sub_y, wy = watched_sub(ctx, addr_y, client, [b""])
     wy.wait(Watch.FAILED)  # refused (it retries, so the event repeats after the monitor is attached)
     got, deadline = 0, time.monotonic() + 20
     while got < 20:
@@ -155,3 +153,26 @@ def test_two_server_sockets_in_one_process_keep_their_own_allow_lists(tmp_path, 
     wy.close()
     for s in (pub_x, pub_y, sub_x, sub_y):
         s.close(0)
+
+
+def test_curve_server_fails_closed_when_its_zap_handler_is_gone(tmp_path, ctx) -> None:
+    """libzmq admits any client when no ZAP handler answers, unless ZAP_ENFORCE_DOMAIN is set: we set it."""
+    from common.keys import create_keypair, stop_authenticators
+    from common.sockets import CurveConfig, open_socket
+
+    server_pub, server_sec = create_keypair(tmp_path / "server", "server")
+    client_pub, client_sec = create_keypair(tmp_path / "client", "client")
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    (allow / "client.key").write_bytes(client_pub.read_bytes())
+    addr = tcp()
+    pub = open_socket(ctx, zmq.PUB, ["@" + addr], SocketOptions(curve=CurveConfig(server_sec, None, allow)))
+    stop_authenticators()
+    sub, watch = watched_sub(ctx, addr, SocketOptions(curve=CurveConfig(client_sec, server_pub, None)), [b""])
+    watch.wait(Watch.FAILED | zmq.EVENT_DISCONNECTED)
+    for _ in range(50):
+        pub.send(b"x")
+    assert drain(sub, quiet_ms=300) == [], "a CURVE server without its ZAP handler let a client in"
+    watch.close()
+    pub.close(0)
+    sub.close(0)

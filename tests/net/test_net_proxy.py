@@ -18,7 +18,7 @@ import zmq
 from common.protocol import Flag, Kind, decode, topic_for
 from common.stage import Continuity, SequenceTracker
 from tests.conftest import start, tcp
-from tests.net.conftest import RawFeeder, Watch, client_sub, drain, rss_kib, start_proxy
+from tests.net.conftest import RawFeeder, Watch, client_sub, drain, rss_kib, start_proxy, watched_sub
 from common.sockets import SocketOptions
 
 
@@ -74,7 +74,10 @@ def test_proxy_killed_and_restarted_is_found_again_within_2s_with_the_gap_visibl
         return out
 
     before = receive(10, 20)
-    proxy.stop(signal.SIGKILL)  # frames in the proxy are lost; the capture's queue (--hwm 5) overflows meanwhile
+    proxy.stop(signal.SIGKILL)  # frames in the proxy are lost; the publisher's queue (hwm 5) overflows meanwhile
+    while sub.poll(0):  # frames that reached us before the kill
+        msg = decode(sub.recv_multipart())
+        before.append((msg, tracker.check(msg.header.stream, msg.header.epoch, msg.header.seq)))
     proxy = start_proxy(procs, "--frontend", fe, "--backend", be)
     proxy.wait_for("ready")
     t_ready = time.monotonic()
@@ -93,13 +96,13 @@ def test_slow_subscriber_costs_only_itself(procs, ctx) -> None:
     proxy = start_proxy(procs, "--frontend", fe, "--backend", be, "--hwm", "300")
     proxy.wait_for("ready")
     wanted = [topic_for(Kind.RAW)]
-    fast = client_sub(ctx, be, SocketOptions(hwm=100_000), wanted)
+    fast, fast_watch = watched_sub(ctx, be, SocketOptions(hwm=100_000), wanted)
     slow = ctx.socket(zmq.SUB)  # reads 1 frame per 2 ms while the stream runs, ~4x slower than it arrives
     slow.setsockopt(zmq.RCVHWM, 50)
     slow.setsockopt(zmq.RCVBUF, 64 * 1024)
     slow.setsockopt(zmq.SUBSCRIBE, wanted[0])
+    slow_watch = Watch(slow)
     slow.connect(be)
-    fast_watch, slow_watch = Watch(fast), Watch(slow)
     fast_watch.wait(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     slow_watch.wait(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     rss0 = rss_kib(proxy.proc.pid)
