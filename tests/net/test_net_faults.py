@@ -78,6 +78,13 @@ class Results:
             self.got.append(item)
             return item
 
+    def drain_now(self) -> list[tuple[float, Message, Continuity]]:
+        """Whatever already arrived (e.g. before a producer was killed)."""
+        out = []
+        while self.sock.poll(0):
+            out.append(self.next(1))
+        return out
+
     def take(self, n: int, timeout: float) -> list[tuple[float, Message, Continuity]]:
         return [self.next(timeout) for _ in range(n)]
 
@@ -141,6 +148,7 @@ def test_classifier_killed_and_restarted_results_resume_within_2s_as_a_new_epoch
     res = Results(ctx, pl.result)
     before = res.take(5, 30)
     pl.classify.stop(signal.SIGKILL)
+    before += res.drain_now()
     start_classify(procs, pl.tensor, pl.result)
     t0 = time.monotonic()
     t_first, first, cont = res.next(10)
