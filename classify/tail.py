@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import zmq
 
 from common.cli import inputs_of, socket_options, stage_metrics, verbosity
-from common.protocol import Kind, Message, topic_for
+from common.protocol import Flag, Kind, Message, topic_for
 from common.sockets import open_sub
 from common.stage import Continuity, Receiver, SequenceTracker, StopFlag, setup_logging
 
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             h = msg.header
             if models and h.model not in models:
                 continue
-            cont, missing = tracker.check(f"{h.stream}/{h.model}", h.epoch, h.seq)
+            cont, missing = tracker.check(f"{h.stream}/{h.model}", h.epoch, h.seq, bool(h.flags & Flag.DISCONTINUITY))
             if cont is Continuity.STALE:
                 continue
             rec = as_record(msg, time.time_ns())

@@ -68,6 +68,7 @@ class StreamSlot:
         self.events = events
         self.epoch = epoch
         self.result_seq = 0
+        self.next_flags = Flag.NONE  # DISCONTINUITY on the first result after a reset or a mid-epoch join
         self.pending_events: list[dict[str, Any]] = []  # stops caused by a reset, sent with the next result
         self.ended = False  # END or idle: flush the partial window, stop events, forget the slot
         self.last_rx = time.monotonic()  # when its last tensor arrived
@@ -76,6 +77,7 @@ class StreamSlot:
     def reset(self, offset: int, t_ns: int) -> None:
         """Forget audio and model state; active labels stop at ``t_ns``."""
         self.windows.reset(offset)
+        self.next_flags |= Flag.DISCONTINUITY
         if self.state is not None:
             self.state.reset()
         self.pending_events += self.events.reset(t_ns)
@@ -126,7 +128,7 @@ class ClassifyWorker:
             self.warn.warning(f"{reason}:{h.stream}", f"skipping stream {h.stream}: its tensor {text}")
             return
         self.metrics.frame_in(h.stream)
-        cont, _missing = self.tracker.check(h.stream, h.epoch, h.seq)
+        cont, _missing = self.tracker.check(h.stream, h.epoch, h.seq, bool(h.flags & Flag.DISCONTINUITY))
         if cont is Continuity.STALE:
             return
         slot = self.slots.get(h.stream)
@@ -163,6 +165,12 @@ class ClassifyWorker:
         epoch, seq = self.resume.pop(h.stream, (None, 0))
         if epoch == h.epoch:  # back after an idle flush in the same epoch: results keep counting
             slot.result_seq = seq
+        elif h.offset > 0:
+            # Joining mid-epoch (this worker restarted): number results where a previous instance
+            # would be, so consumers count the lost results as a gap; the DISCONTINUITY flag lets
+            # them accept a lower seq (common.stage.SequenceTracker) if the estimate is short.
+            slot.result_seq = h.offset // spec.hop
+            slot.next_flags = Flag.DISCONTINUITY
         self.slots[h.stream] = slot
         log.info("stream %s: first tensor (epoch %d, %d Hz)", h.stream, h.epoch, h.rate)
         return slot
@@ -303,8 +311,10 @@ class ClassifyWorker:
             layout="planar",
             frames=spec.window,
             offset=win.offset,
+            flags=slot.next_flags,
             model=spec.name,
         )
+        slot.next_flags = Flag.NONE
         h.trace = (win.last.trace + [Hop("classify", win.last.t_in_ns, time.time_ns())])[-MAX_TRACE_HOPS:]
         slot.result_seq += 1
         self.windows_done += 1

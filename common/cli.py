@@ -32,8 +32,12 @@ def build_parser(registers: Sequence[Register] | None = None) -> argparse.Argume
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     if registers is None:
-        eps = sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name)
-        registers = [ep.load() for ep in eps]
+        registers = []
+        for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+            try:
+                registers.append(ep.load())
+            except ImportError as e:  # one broken package must not take every other command down
+                print(f"soundbus: commands from {ep.value} are unavailable ({e}); reinstall soundbus.", file=sys.stderr)
     for register in registers:
         register(sub)
     return parser

@@ -61,6 +61,7 @@ class Continuity(Enum):
     NEXT = "next"  # seq == previous + 1, same epoch
     GAP = "gap"  # seq jumped forward: messages were lost
     NEW_EPOCH = "new_epoch"  # the source restarted
+    RESTART = "restart"  # seq went back on a DISCONTINUITY-flagged message: its publisher restarted
     STALE = "stale"  # seq <= previous (duplicate or reordered): drop it
 
 
@@ -80,8 +81,13 @@ class SequenceTracker:
         self.positions: dict[str, StreamPosition] = {}
         self.metrics = metrics
 
-    def check(self, stream: str, epoch: int, seq: int) -> tuple[Continuity, int]:
-        """Classify a message and record it; returns (continuity, number of messages missing)."""
+    def check(self, stream: str, epoch: int, seq: int, discontinuity: bool = False) -> tuple[Continuity, int]:
+        """Classify a message and record it; returns (continuity, number of messages missing).
+
+        ``discontinuity``: the message carries Flag.DISCONTINUITY. A publisher that restarted
+        within an epoch (a converter after kill -9) may number from a lower seq; such a message
+        is accepted as RESTART instead of being dropped as stale.
+        """
         now = time.monotonic()
         pos = self.positions.get(stream)
         if pos is None:
@@ -92,6 +98,12 @@ class SequenceTracker:
             if self.metrics:
                 self.metrics.event("epoch_change")
             return Continuity.NEW_EPOCH, 0
+        if seq <= pos.seq and discontinuity:
+            self.positions[stream] = StreamPosition(epoch, seq, now)
+            if self.metrics:
+                self.metrics.event("seq_restart")
+            log.warning("stream %s: sequence restarted at %d (publisher restarted)", stream, seq)
+            return Continuity.RESTART, 0
         if seq <= pos.seq:
             if self.metrics:
                 self.metrics.drop("stale_seq")

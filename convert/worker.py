@@ -92,7 +92,7 @@ class Converter:
         except FormatError as e:
             return self._reject(e.reason, f"stream {h.stream}: {e}")
 
-        cont, missing = self.tracker.check(h.stream, h.epoch, h.seq)
+        cont, missing = self.tracker.check(h.stream, h.epoch, h.seq, bool(h.flags & Flag.DISCONTINUITY))
         if cont is Continuity.STALE:
             return []
         self.metrics.frame_in(h.stream)
@@ -178,10 +178,12 @@ class Converter:
             self._reanchor(st, h, floor=continue_from.out_offset)
         else:
             st.reset(h.t_capture_ns, (h.offset * self.cfg.rate) // h.rate, flags)
-            # Joining mid-epoch (e.g. this converter restarted): start seq at the output offset, so it
-            # is above every seq a previous instance published for this epoch (each frame holds >= 1
-            # sample, so seq <= offset always); a clean start is still 0, 1, 2, ...
-            st.seq = max(st.anchor_offset, h.seq)
+            # Joining mid-epoch (e.g. this converter restarted): continue seq where a previous
+            # instance would be (output samples / frame length), so downstream counts the frames lost
+            # while no converter ran as a gap of the right size. The first frame is flagged
+            # DISCONTINUITY, which lets a consumer accept the seq even if short frames made the
+            # estimate low (common.stage.SequenceTracker). A clean start is still 0, 1, 2, ...
+            st.seq = st.anchor_offset // self.cfg.frame_samples
         st.set_start_flags(flags)
         st.last_header = h
         self.states[h.stream] = st
