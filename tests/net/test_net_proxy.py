@@ -145,3 +145,33 @@ def test_slow_subscriber_costs_only_itself(procs, ctx) -> None:
     t0 = time.monotonic()
     assert proxy.stop(signal.SIGTERM, timeout=5) == 0, proxy.log()
     assert time.monotonic() - t0 < 2.0
+
+
+def test_brokered_shards_own_disjoint_streams_and_a_new_capture_box_needs_no_change(procs, ctx) -> None:
+    from common.protocol import bucket_of
+
+    fe, be = tcp(), tcp()
+    start_proxy(procs, "--frontend", fe, "--backend", be).wait_for("ready")
+    for shard in ("0/2", "1/2"):
+        start(procs, "convert", "--shard", shard, "--input", be, "--output", ">" + fe).wait_for("ready")
+    out = client_sub(ctx, be, SocketOptions(hwm=100_000), [topic_for(Kind.TENSOR)])
+    first, late = ["kitchen", "hall"], ["yard", "garage"]  # buckets: kitchen, yard even; hall, garage odd
+    assert {bucket_of(s) % 2 for s in first} == {bucket_of(s) % 2 for s in late} == {0, 1}
+    start(procs, "capture", *[a for s in first for a in ("--source", f"synth:tone#{s}")], "--output", ">" + fe)
+    tracker = SequenceTracker()
+    seen: dict[str, int] = {}
+
+    def until(streams: list[str], n: int) -> None:
+        while not all(seen.get(s, 0) >= n for s in streams):
+            assert out.poll(20_000), f"tensors so far: {seen}"
+            m = decode(out.recv_multipart())
+            cont, _ = tracker.check(m.header.stream, m.header.epoch, m.header.seq)
+            # Two shards converting the same stream would publish every seq twice.
+            assert cont in (Continuity.FIRST, Continuity.NEXT), f"{m.header.stream}: {cont.value}"
+            seen[m.header.stream] = seen.get(m.header.stream, 0) + 1
+
+    until(first, 20)
+    # A second capture box joins the proxy; nothing else is touched.
+    start(procs, "capture", *[a for s in late for a in ("--source", f"synth:tone#{s}")], "--output", ">" + fe)
+    until(first + late, 20)
+    assert set(seen) == set(first + late)
