@@ -61,6 +61,11 @@ class StageMetrics:
         if self._prom:
             self._prom.events.labels(self.stage, name).inc(n)
 
+    @property
+    def exporting(self) -> bool:
+        """True when metrics are served: only then is per-message latency worth computing."""
+        return self._prom is not None
+
     def latency(self, hop: str, seconds: float) -> None:
         if self._prom:
             self._prom.latency.labels(self.stage, hop).observe(seconds)
@@ -107,6 +112,11 @@ class _Prometheus:
             "soundbus_latency_seconds", "Latency per hop", ["stage", "hop"], buckets=_LATENCY_BUCKETS, registry=reg
         )
         self.queue = pc.Gauge("soundbus_queue_depth", "Items waiting in the stage", ["stage"], registry=reg)
-        pc.start_http_server(port, addr="127.0.0.1", registry=reg)
+        try:
+            pc.start_http_server(port, addr="127.0.0.1", registry=reg)
+        except OSError as e:
+            raise SystemExit(
+                f"soundbus: cannot serve metrics on 127.0.0.1:{port} ({e.strerror}); choose another --metrics-port."
+            ) from None
         log.info("metrics at http://127.0.0.1:%d/metrics", port)
 

@@ -187,11 +187,17 @@ class Receiver:
         if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._ready.append(sock)
         try:
-            return decode(frames)
+            msg = decode(frames)
         except ProtocolError as e:
             self.metrics.bad_message(e.reason)
             self._badlog.warning(e.reason, f"rejected message: {e}")
             return None
+        trace = msg.header.trace
+        if trace and self.metrics.exporting:
+            # transport latency of the hop that just ended: previous stage's send -> our receive
+            self.metrics.latency(f"{trace[-1].stage}->{self.metrics.stage}", (time.time_ns() - trace[-1].t_out_ns) / 1e9)
+            self.metrics.latency(trace[-1].stage, (trace[-1].t_out_ns - trace[-1].t_in_ns) / 1e9)
+        return msg
 
     def _connection_events(self, mon: zmq.Socket) -> None:
         while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
