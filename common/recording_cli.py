@@ -33,17 +33,8 @@ from common.cli import (
 )
 from common.protocol import Kind, ProtocolError, decode, decode_header, encode_header, replace, topic_for
 from common.publisher import Publisher
-from common.recording import (
-    Problem,
-    Record,
-    RecordingError,
-    RecordingReader,
-    RecordingSummary,
-    RotatingWriter,
-    WavWriter,
-    default_meta,
-    interleaved_bytes,
-)
+from common.recording import Problem, Record, RecordingError, RecordingReader, RotatingWriter, default_meta
+from common.recording_export import RecordingSummary, WavWriter, interleaved_bytes
 from common.sockets import DEFAULT_RAW, DEFAULT_RESULT, DEFAULT_TENSOR, open_sub
 from common.stage import RateLimitedLog, SequenceTracker, StopFlag, setup_logging
 
