@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from common.protocol import Kind, Message, ProtocolError, decode, topic_for
+from common.protocol import Flag, Kind, Message, ProtocolError, decode, topic_for
 from common.sockets import SocketOptions
 from common.stage import Continuity, SequenceTracker
 from tests.conftest import StageProcess, start, tcp
@@ -73,7 +73,8 @@ class Results:
                 msg = decode(self.sock.recv_multipart())
             except ProtocolError as e:
                 raise AssertionError(f"classifier published an invalid message: {e}") from None
-            cont, _ = self.tracker.check(msg.header.stream, msg.header.epoch, msg.header.seq)
+            h = msg.header  # as soundbus tail does: a DISCONTINUITY flag lets a restarted publisher renumber
+            cont, _ = self.tracker.check(h.stream, h.epoch, h.seq, bool(h.flags & Flag.DISCONTINUITY))
             item = (time.monotonic(), msg, cont)
             self.got.append(item)
             return item
@@ -154,7 +155,7 @@ def test_classifier_killed_and_restarted_results_resume_within_2s_as_a_new_epoch
     t_first, first, cont = res.next(10)
     assert t_first - t0 < 2.0, f"results resumed {t_first - t0:.2f}s after the classifier was back"
     # A consumer of results (soundbus tail) must accept them: not stale, and the restart visible.
-    assert cont in (Continuity.NEW_EPOCH, Continuity.GAP), (
+    assert cont in (Continuity.NEW_EPOCH, Continuity.GAP, Continuity.RESTART), (
         f"first result after a classifier restart is {cont.value} (epoch {first.header.epoch} seq {first.header.seq}; "
         f"before: epoch {before[-1][1].header.epoch} seq {before[-1][1].header.seq}); a consumer drops stale ones"
     )
@@ -261,7 +262,7 @@ def test_brokered_pipeline_survives_a_proxy_kill_and_restart(procs, ctx) -> None
     # never as stale or backwards results.
     while True:
         t, msg, cont = res.next(10)
-        assert cont in (Continuity.NEXT, Continuity.GAP, Continuity.NEW_EPOCH), cont
+        assert cont in (Continuity.NEXT, Continuity.GAP, Continuity.NEW_EPOCH, Continuity.RESTART), cont
         offset = msg.result()["offset"]
         assert offset > prev, f"results went backwards: {prev} -> {offset}"
         prev = offset
