@@ -180,6 +180,7 @@ def sample_rss(st: Stages, seconds: float, every: float = 1.0) -> list[dict]:
 
 def long_replay(record_s: float, replay_s: float, warmup_s: float, speed: float, streams: int) -> dict:
     driver = "soundbus replay"
+    replay_error = ""
     raw = bl.free_tcp()
     st = Stages(raw)
     player = None
@@ -193,7 +194,8 @@ def long_replay(record_s: float, replay_s: float, warmup_s: float, speed: float,
                               "--new-epoch", "--output", raw, "--hwm", "100000", *files)
             player.wait_for(r"subscriber joined", timeout=30)
         except (RuntimeError, OSError) as e:
-            driver = f"own publisher ({str(e).splitlines()[0][:120]})"
+            driver = "own publisher (soundbus record/replay failed)"
+            replay_error = str(e)[-1500:]
             if player:
                 player.stop()
             player = bl.python_script(bl.BENCH / "bench_memory.py", "--role", "publish", "--output", raw,
@@ -208,7 +210,7 @@ def long_replay(record_s: float, replay_s: float, warmup_s: float, speed: float,
         st.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     base = [s for s in samples if s["t"] >= warmup_s]
-    out = {"driver": driver, "speed": speed, "streams": streams, "recording_s": record_s, "wall_s": replay_s,
+    out = {"driver": driver, "replay_error": replay_error, "speed": speed, "streams": streams, "recording_s": record_s, "wall_s": replay_s,
            "audio_s": replay_s * speed * streams, "results": results, "samples": samples, "growth": {}}
     for k in ("convert", "classify"):
         first, last = base[0][k], base[-1][k]
