@@ -81,13 +81,15 @@ def test_proxy_killed_and_restarted_is_found_again_within_2s_with_the_gap_visibl
     proxy = start_proxy(procs, "--frontend", fe, "--backend", be)
     proxy.wait_for("ready")
     t_ready = time.monotonic()
-    (first, (cont, missing)), = receive(1, 10)
+    (first, first_cont), = receive(1, 10)
     resumed_s = time.monotonic() - t_ready
     assert resumed_s < 2.0, f"resumed after {resumed_s:.2f}s"
     assert first.header.epoch == before[-1][0].header.epoch
-    assert cont is Continuity.GAP and missing > 0, "the outage must show as a sequence gap"
-    after = receive(10, 5)
-    assert all(c is Continuity.NEXT for _, (c, _) in after)
+    # Frames of the outage are dropped at the publisher (at most its 5-frame queue may survive
+    # and arrive first): the hole shows up as exactly one sequence gap.
+    after = [(first, first_cont)] + receive(15, 5)
+    gaps = [missing for _, (c, missing) in after if c is Continuity.GAP]
+    assert len(gaps) == 1 and gaps[0] > 0, f"the outage must show as one sequence gap: {[c for _, (c, _) in after]}"
     feeder.stop()
 
 
