@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -34,6 +35,12 @@ class TwoHosts:
     b: str
     addr_a: str  # IPv4 addresses on the veth pair
     addr_b: str
+    link_a: str  # host A's end of the veth pair
+
+    def cut(self, down: bool) -> None:
+        """Pull (or plug back) host A's cable."""
+        r = _ip("-n", self.a, "link", "set", self.link_a, "down" if down else "up")
+        assert r.returncode == 0, r.stderr
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
@@ -72,7 +79,7 @@ def two_hosts() -> Iterator[TwoHosts]:
             assert r.returncode == 0, f"ip {' '.join(step)}: {r.stderr}"
             if step[:2] == ("netns", "add"):
                 made.append(b)
-        yield TwoHosts(a, b, f"{net}.1", f"{net}.2")
+        yield TwoHosts(a, b, f"{net}.1", f"{net}.2", va)
     finally:
         for ns in made:  # deleting a namespace also removes its end of the veth pair (and so the pair)
             _ip("netns", "del", ns)
@@ -123,3 +130,39 @@ def test_capture_box_and_inference_box_over_tcp_with_curve(two_hosts: TwoHosts, 
     classify.wait_for("refused CURVE client " + re.escape(rogue_pub.decode()), timeout=20)
     assert rogue.out_lines == [], "a subscriber without an allowed key received results"
     assert capture.wait(30) == 0, capture.log()
+
+
+def test_cut_cable_is_noticed_by_heartbeats_and_the_link_heals_by_itself(two_hosts: TwoHosts, procs) -> None:
+    h = two_hosts
+    convert = on_host(procs, h.b, "convert", "--input", f"tcp://{h.addr_a}:5550", "--output", "@tcp://127.0.0.1:5551",
+                      "--summary-every", "1")
+    convert.wait_for("ready")
+    on_host(procs, h.a, "capture", "--source", "synth:tone#mic1", "--output", f"@tcp://{h.addr_a}:5550")
+    convert.wait_for("input connected", timeout=30)
+    h.cut(True)
+    t0 = time.monotonic()
+    convert.wait_for("input disconnected", timeout=15)  # no FIN/RST crosses a cut cable: only heartbeats tell
+    noticed_s = time.monotonic() - t0
+    n_out = _frames_out(convert)
+    h.cut(False)
+    t1 = time.monotonic()
+    _wait_lines(convert, "input connected", 2, timeout=15)
+    healed_s = time.monotonic() - t1
+    print(f"cut cable noticed after {noticed_s:.1f}s, link healed {healed_s:.1f}s after the cable was back")
+    assert noticed_s < 6.0
+    deadline = time.monotonic() + 10
+    while _frames_out(convert) <= n_out:  # tensors flow again (summary line every second)
+        assert time.monotonic() < deadline, convert.log()
+        time.sleep(0.2)  # re-reading a log the process appends to once per second
+
+
+def _frames_out(p: StageProcess) -> int:
+    outs = [int(m.group(1)) for ln in p.lines if (m := re.search(r"convert: streams=\d+ in=\d+ out=(\d+)", ln))]
+    return outs[-1] if outs else 0
+
+
+def _wait_lines(p: StageProcess, pattern: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(1 for ln in p.lines if re.search(pattern, ln)) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} lines /{pattern}/:\n{p.log()}"
+        time.sleep(0.1)  # re-reading the collected log lines
