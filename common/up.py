@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import signal
-import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.process import ChildProcess, WaitTimeout
 from common.stage import StopFlag, setup_logging
 
 log = logging.getLogger("soundbus.up")
@@ -33,58 +30,34 @@ _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL)
 
 @dataclass
 class Child:
-    """One stage process; its stderr log is kept and forwarded (warnings up, or all with -v)."""
+    """One stage of the pipeline: its command line, and the process once started."""
 
     name: str
     argv: list[str]
     verbose: bool
-    proc: subprocess.Popen | None = None
-    lines: list[str] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    proc: ChildProcess | None = None
 
     def start(self) -> None:
         log.debug("starting %s: %s", self.name, " ".join(self.argv))
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=None if self.name == "tail" else subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.proc = ChildProcess(self.argv, capture_stdout=self.name != "tail", on_stderr=self._forward)
 
-    def _pump(self) -> None:
-        assert self.proc and self.proc.stderr
-        for raw in iter(self.proc.stderr.readline, b""):
-            line = raw.decode(errors="replace").rstrip()
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-            m = _LOG_LINE.match(line)
-            if self.verbose or not m or m.group(1) not in ("DEBUG", "INFO"):
-                print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
+    def _forward(self, line: str) -> None:
+        """Show a stage's warnings and errors (everything with -v), prefixed with its name."""
+        m = _LOG_LINE.match(line)
+        if self.verbose or not m or m.group(1) not in ("DEBUG", "INFO"):
+            print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
 
     def wait_for(self, pattern: str, count: int, timeout_s: float, stop: StopFlag) -> bool:
         """Wait until ``count`` log lines match ``pattern``; False on timeout, exit or stop."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while sum(1 for ln in self.lines if rx.search(ln)) < count:
-                if stop or self.exited() or time.monotonic() > deadline:
-                    return False
-                self.cond.wait(0.1)
-        return True
+        try:
+            assert self.proc is not None
+            self.proc.wait_for(pattern, timeout_s, count=count, stop=stop)
+            return True
+        except WaitTimeout:
+            return False
 
     def exited(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        return self.proc is not None and self.proc.exited()
 
 
 def _module(*args: str) -> list[str]:
@@ -100,7 +73,7 @@ def plan(args: argparse.Namespace) -> list[Child]:
         raise SystemExit("soundbus: --model needs at least one model name, e.g. --model vad or --model vad,yamnet.")
     results = [f"{host}:{p + 2 + i}" for i in range(len(models))]
     v = args.verbose > 0
-    tail_argv = _module("common.cli", "tail", *sum((["--input", r] for r in results), []))
+    tail_argv = _module("common.cli", "tail", *[a for r in results for a in ("--input", r)])
     if args.json:
         tail_argv.append("--json")
     children = [Child("tail", tail_argv, v)]
@@ -157,8 +130,8 @@ def _supervise(children: list[Child], capture: Child, stop: StopFlag) -> int:
     """Until Ctrl-C or a stage ends: a stage failing stops all (exit 1); the source ending exits 0."""
     while not stop:
         for c in children:
-            if c.exited():
-                code = c.proc.returncode if c.proc else 1
+            if c.proc is not None and c.exited():
+                code = c.proc.proc.returncode
                 if c is capture and code == 0:
                     # The recording has been published: give the last windows time to be classified.
                     stop.wait(3.0)
@@ -172,28 +145,24 @@ def _supervise(children: list[Child], capture: Child, stop: StopFlag) -> int:
 def _fail(children: list[Child], c: Child, what: str, stop: StopFlag) -> int:
     if stop:
         return 130
-    tail = "\n".join(c.lines[-15:])
-    print(f"soundbus up: {c.name} {what}; its last log lines:\n{tail}", file=sys.stderr)
+    if c.proc is not None and c.exited():
+        what = f"exited with code {c.proc.proc.returncode} before it was ready"
+    tail = c.proc.log(15) if c.proc else ""
+    print(f"soundbus up: {c.name} {what}; stopping the pipeline. Its last log lines:\n{tail}", file=sys.stderr)
     return 1
 
 
 def _stop_all(children: list[Child]) -> None:
     # Upstream first, so the stages below see the end of their input before they stop.
     for c in reversed(children):
-        c.stop(signal.SIGTERM)
-    deadline = time.monotonic() + 5.0
+        if c.proc is not None:
+            c.proc.send_signal(signal.SIGTERM)
     for c in reversed(children):
-        if c.proc is None:
-            continue
-        try:
-            c.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"soundbus up: {c.name} did not stop in 5 s; killing it.", file=sys.stderr)
-            c.stop(signal.SIGKILL)
-            c.proc.wait(5)
+        if c.proc is not None and c.proc.stop(signal.SIGTERM, timeout=5.0) == -signal.SIGKILL:
+            print(f"soundbus up: {c.name} did not stop in 5 s; killed it.", file=sys.stderr)
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "up",
         help="run capture, convert, classify and tail on this machine",

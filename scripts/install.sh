@@ -12,7 +12,7 @@ extras="[all]"
 # ffmpeg: network/URL sources. sox, espeak-ng, alsa-utils: test audio. iproute2: two-host test.
 # docker-compose: validates docker-compose.yml (no engine needed).
 APT_PACKAGES="python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils alsa-utils
-  ffmpeg sox espeak-ng iproute2 docker-compose"
+  ffmpeg sox espeak-ng iproute2 procps docker-compose"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if command -v apt-get >/dev/null; then
