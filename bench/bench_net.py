@@ -24,13 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+import benchlib as bl
 import zmq
 
-import benchlib as bl
-
 sys.path.insert(0, str(bl.ROOT))
-from common.keys import create_keypair  # noqa: E402
-from common.sockets import CurveConfig, SocketOptions, open_socket  # noqa: E402
+from common.keys import create_keypair
+from common.sockets import CurveConfig, SocketOptions, open_socket
 
 TOPIC = b"raw/00/mic1/"
 HEADER = b"\x80" * 120  # about the size of a real msgpack header; never decoded here

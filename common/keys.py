@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
-from zmq.utils import z85
 from zmq.auth.base import Authenticator
+from zmq.utils import z85
 
 if TYPE_CHECKING:
     from common.sockets import CurveConfig
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_threads: dict[int, "ZapThread"] = {}  # id(context) -> its ZAP handler (checked against the context itself)
+_threads: dict[int, ZapThread] = {}  # id(context) -> its ZAP handler (checked against the context itself)
 
 
 def create_keypair(directory: Path, name: str) -> tuple[Path, Path]:
@@ -168,7 +168,7 @@ def _zap_domain(ctx: zmq.Context, allow_dir: Path) -> str:
     return domain
 
 
-def apply_curve(sock: zmq.Socket, cfg: "CurveConfig", server: bool) -> None:
+def apply_curve(sock: zmq.Socket, cfg: CurveConfig, server: bool) -> None:
     """Set CURVE options on ``sock`` (before bind/connect).
 
     Server: this side's secret key, plus the allow list of client keys (ZAP domain).

@@ -10,7 +10,7 @@ from common.sockets import DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT
 from common.stage import StopFlag, setup_logging
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "proxy",
         help="XSUB/XPUB forwarder: publishers connect to --frontend, subscribers to --backend",

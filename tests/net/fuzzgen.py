@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import msgpack
 import numpy as np
@@ -59,25 +59,25 @@ def mutations(kind: Kind) -> list[tuple[str, Callable[[random.Random], list[byte
         return h, h.topic(), encode_header(h), payload
 
     def truncated_header(rng):
-        h, t, hd, p = valid_parts(rng)
+        _, t, hd, p = valid_parts(rng)
         return [t, hd[: rng.randrange(0, len(hd))], p]
 
     def flipped_header(rng):
-        h, t, hd, p = valid_parts(rng)
+        _, t, hd, p = valid_parts(rng)
         b = bytearray(hd)
         for _ in range(rng.randint(1, 4)):
             b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
         return [t, bytes(b), p]
 
     def flipped_payload(rng):  # usually still a valid message: the stage must just process it
-        h, t, hd, p = valid_parts(rng)
+        _, t, hd, p = valid_parts(rng)
         b = bytearray(p)
         if b:
             b[rng.randrange(len(b))] ^= 0xFF
         return [t, hd, bytes(b)]
 
     def wrong_frame_count(rng):
-        h, t, hd, p = valid_parts(rng)
+        _, t, hd, p = valid_parts(rng)
         n = rng.choice([1, 2, 4, 5, 9])
         return ([t, hd, p] + [rng.randbytes(rng.randrange(0, 16)) for _ in range(n)])[:n]
 
@@ -103,20 +103,20 @@ def mutations(kind: Kind) -> list[tuple[str, Callable[[random.Random], list[byte
         return [t, _pack(d), p]
 
     def payload_mismatch(rng):
-        h, t, hd, p = valid_parts(rng)
+        _, t, hd, p = valid_parts(rng)
         cut = rng.choice([0, 1, len(p) // 2, len(p) - 1, len(p) + 1, len(p) * 3])
         return [t, hd, (p * 4)[:cut]]
 
     def topic_mismatch(rng):
-        h, t, hd, p = valid_parts(rng)
+        _, t, hd, p = valid_parts(rng)
         return [rng.choice([prefix, prefix + b"zz/fz0/", prefix + b"00/other/", t + b"x", t[:-1]]), hd, p]
 
     def header_not_a_map(rng):
-        h, t, _, p = valid_parts(rng)
+        _, t, _, p = valid_parts(rng)
         return [t, _pack(rng.choice([[1, 2, 3], "header", 7, None, [[[[]]]]])), p]
 
     def msgpack_bombs(rng):
-        h, t, _, p = valid_parts(rng)
+        _, t, _, p = valid_parts(rng)
         bomb = rng.choice([
             b"\xdd\xff\xff\xff\xff",  # array32 claiming 4G items
             b"\xdf\xff\xff\xff\xff",  # map32 claiming 4G pairs

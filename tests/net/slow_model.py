@@ -6,7 +6,8 @@ Used as ``python -m classify --model tests.net.slow_model:make``.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

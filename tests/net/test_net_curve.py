@@ -76,7 +76,7 @@ def test_proxy_with_curve_admits_only_allowed_keys_both_ways(procs, keyring: Key
 
 def test_keys_command_writes_private_secret_and_refuses_to_overwrite(tmp_path) -> None:
     cmd = [sys.executable, "-m", "common.net_cli", "keys", str(tmp_path / "k"), "box1"]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    first = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert first.returncode == 0, first.stderr
     pub, sec = tmp_path / "k" / "box1.key", tmp_path / "k" / "box1.key_secret"
     assert stat.S_IMODE(sec.stat().st_mode) == 0o600
@@ -84,7 +84,7 @@ def test_keys_command_writes_private_secret_and_refuses_to_overwrite(tmp_path) -
     assert secret and zmq.auth.load_certificate(str(pub)) == (public, None)
     assert "--curve-secret" in first.stdout and "--curve-allow" in first.stdout and "--curve-server" in first.stdout
     before = sec.read_bytes()
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    again = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert again.returncode != 0 and "already exists" in again.stderr
     assert sec.read_bytes() == before
 

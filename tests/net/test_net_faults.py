@@ -129,7 +129,7 @@ def test_converter_killed_and_restarted_classifier_resumes_within_2s_reporting_t
     start_convert(procs, pl.raw, pl.tensor)
     t0 = time.monotonic()
     try:
-        t_first, first, cont, hole = _first_after_hole(res, before[-1][1].result()["offset"], 10)
+        t_first, _, cont, hole = _first_after_hole(res, before[-1][1].result()["offset"], 10)
     except AssertionError as e:
         pl.classify.stop()
         raise AssertionError(f"{e}; classifier log:\n{pl.classify.log()}\nconverter:\n{procs[-1].log()}") from None

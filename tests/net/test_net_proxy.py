@@ -16,10 +16,10 @@ import time
 import zmq
 
 from common.protocol import Flag, Kind, decode, topic_for
+from common.sockets import SocketOptions
 from common.stage import Continuity, SequenceTracker
 from tests.conftest import start, tcp
 from tests.net.conftest import RawFeeder, Watch, client_sub, drain, rss_kib, start_proxy, watched_sub
-from common.sockets import SocketOptions
 
 
 def _forwarded_parts(proxy) -> int:
