@@ -215,8 +215,15 @@ class Receiver:
                 log.warning("input disconnected %s (peers=%d)", endpoint, self.connected)
                 self.metrics.event("input_disconnected")
 
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Stop the monitors (the stage closes its own sockets)."""
+        """Stop the monitors (the stage closes its own sockets). Required before ctx.term():
+        an open monitor socket would make it wait forever; ``with Receiver(...)`` does it."""
         for s, mon in zip(self.sockets, self.monitors):
             try:
                 s.disable_monitor()
