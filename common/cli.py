@@ -92,8 +92,10 @@ def add_stage_options(p: argparse.ArgumentParser, inputs: str | None, outputs: s
     g = p.add_argument_group("transport")
     g.add_argument("--hwm", type=int, default=1000, help="messages queued per peer before dropping (default 1000)")
     g.add_argument("--curve-secret", type=Path, metavar="FILE", help="this side's NAME.key_secret: turns on CURVE")
-    g.add_argument("--curve-server", type=Path, metavar="FILE", help="public .key of the side we connect to")
-    g.add_argument("--curve-allow", type=Path, metavar="DIR", help="directory of client .key files allowed to connect")
+    g.add_argument("--curve-server", type=Path, metavar="FILE",
+                   help="public .key of the side we connect to: encrypts the connecting sockets")
+    g.add_argument("--curve-allow", type=Path, metavar="DIR",
+                   help="directory of client .key files allowed to connect: encrypts the bound sockets")
     g.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -111,6 +113,11 @@ def socket_options(args: argparse.Namespace) -> SocketOptions:
     """SocketOptions from the shared flags."""
     curve = None
     if args.curve_secret is not None:
+        if args.curve_server is None and args.curve_allow is None:
+            raise SystemExit(
+                "soundbus: --curve-secret needs --curve-allow DIR (clients allowed on the addresses this stage binds) "
+                "and/or --curve-server KEY (the public key of what it connects to)."
+            )
         curve = CurveConfig(args.curve_secret, args.curve_server, args.curve_allow)
     elif args.curve_server is not None or args.curve_allow is not None:
         raise SystemExit("soundbus: --curve-server/--curve-allow need --curve-secret (this side's NAME.key_secret).")

@@ -7,7 +7,8 @@ Options (all applied before bind/connect, as zmq.devices does):
 - RECONNECT_IVL / RECONNECT_IVL_MAX: a restarted peer is found again without any action.
 - HEARTBEAT_IVL / HEARTBEAT_TIMEOUT: ZMTP pings detect a dead TCP peer.
 - MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq before we see it.
-- CURVE: encryption plus client authentication through a ZAP allow-list (see common.keys).
+- CURVE: encryption plus client authentication through a ZAP allow-list (see common.keys),
+  per direction: bound sockets with ``--curve-allow``, connecting ones with ``--curve-server``.
 
 An address is a ZeroMQ endpoint; ``bind`` is chosen with a leading ``@`` and
 ``connect`` with ``>`` (the CZMQ convention), e.g. ``@tcp://*:5550``, ``>tcp://box:5550``.
@@ -17,6 +18,7 @@ Without a prefix PUB binds and SUB connects.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -76,7 +78,7 @@ def split_endpoint(addr: str, default_bind: bool) -> tuple[bool, str]:
     return default_bind, addr
 
 
-def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool) -> None:
+def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool, endpoints: list[str]) -> None:
     sock.setsockopt(zmq.LINGER, opts.linger_ms)
     sock.setsockopt(zmq.SNDHWM, opts.hwm)
     sock.setsockopt(zmq.RCVHWM, opts.hwm)
@@ -89,9 +91,21 @@ def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool) -> None:
     if opts.nodrop and sock.socket_type in (zmq.PUB, zmq.XPUB):
         sock.setsockopt(zmq.XPUB_NODROP, 1)
     if opts.curve is not None:
-        from common.keys import apply_curve
+        _apply_curve(sock, opts.curve, binding, endpoints)
 
-        apply_curve(sock, opts.curve, server=binding)
+
+def _apply_curve(sock: zmq.Socket, curve: CurveConfig, binding: bool, endpoints: list[str]) -> None:
+    """CURVE per direction: a bound socket is a server if an allow list is given, a connecting
+    one a client if the server's key is given; otherwise it stays plain (e.g. a loopback hop)."""
+    from common.keys import apply_curve
+
+    if (curve.allow_dir if binding else curve.server_public_file) is not None:
+        apply_curve(sock, curve, server=binding)
+        return
+    remote = [e for e in endpoints if not re.search(r"(127\.0\.0\.1|localhost|\[::1\]|^[@>]?(ipc|inproc)://)", e)]
+    if remote:
+        need = "--curve-allow DIR" if binding else "--curve-server KEY"
+        log.warning("%s is not encrypted: CURVE needs %s for it", ", ".join(remote), need)
 
 
 def open_socket(
@@ -113,7 +127,7 @@ def open_socket(
     sock = ctx.socket(socket_type)
     try:
         any_bind = any(split_endpoint(e, default_bind)[0] for e in endpoints)
-        _apply(sock, opts, binding=any_bind)
+        _apply(sock, opts, any_bind, endpoints)
         for e in endpoints:
             bind, addr = split_endpoint(e, default_bind)
             if bind:

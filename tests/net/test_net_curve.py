@@ -176,3 +176,42 @@ def test_curve_server_fails_closed_when_its_zap_handler_is_gone(tmp_path, ctx) -
     watch.close()
     pub.close(0)
     sub.close(0)
+
+
+def test_curve_is_per_direction_encrypted_input_plain_loopback_output(procs, keyring: KeyRing, ctx) -> None:
+    """convert connects to a CURVE capture (--curve-server) and publishes plain on loopback (no --curve-allow)."""
+    from common.protocol import Kind, topic_for
+    from tests.conftest import start
+
+    capture_key, inference = keyring.pair("capture", False), keyring.pair("inference", True)
+    raw, tensor = tcp(), tcp()
+    cap = start(procs, "capture", "--source", "synth:tone#t", "--output", "@" + raw, "--wait-subscriber", "0",
+                *keyring.server_flags(capture_key))
+    cap.wait_for("ready")
+    convert = start(procs, "convert", "--input", raw, "--output", "@" + tensor,
+                    "--curve-secret", str(inference.secret), "--curve-server", str(capture_key.public))
+    convert.wait_for("ready")
+    plain = ctx.socket(zmq.SUB)  # no keys at all
+    plain.setsockopt(zmq.LINGER, 0)
+    plain.setsockopt(zmq.SUBSCRIBE, topic_for(Kind.TENSOR))
+    plain.connect(tensor)
+    assert plain.poll(20_000), f"no plain tensors on loopback:\n{convert.log()}"
+    assert decode(plain.recv_multipart()).header.stream == "t"
+    # and the network side really is encrypted: a plain subscriber to the capture gets nothing
+    sniff = ctx.socket(zmq.SUB)
+    sniff.setsockopt(zmq.LINGER, 0)
+    sniff.setsockopt(zmq.SUBSCRIBE, b"")
+    sniff.connect(raw)
+    assert not sniff.poll(1500), "a plaintext subscriber received from a CURVE capture"
+    assert "not encrypted" not in convert.log()  # the plain side is loopback: no warning
+    plain.close()
+    sniff.close()
+
+
+def test_curve_secret_alone_is_a_clear_error(procs, keyring: KeyRing) -> None:
+    from tests.conftest import start
+
+    me = keyring.pair("me", False)
+    p = start(procs, "convert", "--input", tcp(), "--output", tcp(), "--curve-secret", str(me.secret))
+    assert p.wait(30) == 2
+    assert "--curve-allow" in p.log() and "--curve-server" in p.log()
