@@ -206,8 +206,8 @@ def render(r: dict[str, Any]) -> str:
     if r.get("bench") == "latency":
         extra = ("\n\nstreams: " + str(r.get("streams")) + "; CPU share per process: "
                  + ", ".join(f"{k} {v:.2f}" for k, v in r.get("cpu_share", {}).items())
-                 + "; live CPU per message (us): "
-                 + ", ".join(f"{k} {v:.0f}" for k, v in r.get("live_cpu_us", {}).items())
+                 + ("; live CPU per message (us): " + ", ".join(f"{k} {v:.0f}" for k, v in r["live_cpu_us"].items())
+                    if r.get("live_cpu_us") else "")
                  + "; audio held inside soxr.ResampleStream (ms mean/max): "
                  + ", ".join(f"{q} {v['mean']:.1f}/{v['max']:.1f}" for q, v in r.get("soxr_buffering_ms", {}).items()))
     return head + body + extra + "\n"
