@@ -29,7 +29,7 @@ from capture.errors import CaptureError
 from capture.framer import StreamFramer
 from capture.sources.base import Source
 from common.metrics import StageMetrics
-from common.protocol import Flag, Header, Kind, encode
+from common.protocol import Flag, Header, Hop, Kind, encode
 from common.publisher import Publisher
 from common.sockets import SocketOptions
 from common.stage import StopFlag
@@ -105,14 +105,15 @@ class CaptureRunner:
         self.heartbeat_s = heartbeat_s
         self.watchdog_s = watchdog_s
         self.fast = fast
-        self.q: queue.Queue[tuple[Header, bytes]] = queue.Queue(maxsize=QUEUE_FRAMES)
+        # (header, payload, time.time_ns() when the frame was complete): that time starts the capture hop
+        self.q: queue.Queue[tuple[Header, bytes, int]] = queue.Queue(maxsize=QUEUE_FRAMES)
         self._by_stream: dict[str, SourceThread] = {}
 
     def _sink(self, stop: StopFlag):
         def put(h: Header, payload: bytes) -> None:
             while not stop:
                 try:
-                    self.q.put((h, payload), timeout=0.1)
+                    self.q.put((h, payload, time.time_ns()), timeout=0.1)
                     return
                 except queue.Full:
                     continue
@@ -169,11 +170,11 @@ class CaptureRunner:
                         t.start()
                     gated = []
             try:
-                h, payload = self.q.get(timeout=0.05 if gated else 0.1)
+                h, payload, t_ready = self.q.get(timeout=0.05 if gated else 0.1)
             except queue.Empty:
                 pass
             else:
-                self._publish(pub, h, payload, stop)
+                self._publish(pub, h, payload, t_ready, stop)
                 self._drain(pub, stop)
             self._housekeeping(pub, threads)
             if not stop and not gated and all(t.done for t in threads) and self.q.empty():
@@ -189,12 +190,13 @@ class CaptureRunner:
     def _drain(self, pub: Publisher, stop: StopFlag | None, limit: int = 64) -> None:
         for _ in range(limit):
             try:
-                h, payload = self.q.get_nowait()
+                h, payload, t_ready = self.q.get_nowait()
             except queue.Empty:
                 return
-            self._publish(pub, h, payload, stop)
+            self._publish(pub, h, payload, t_ready, stop)
 
-    def _publish(self, pub: Publisher, h: Header, payload: bytes, stop: StopFlag | None) -> None:
+    def _publish(self, pub: Publisher, h: Header, payload: bytes, t_ready: int, stop: StopFlag | None) -> None:
+        h.trace = [Hop("capture", t_ready, time.time_ns())]  # frame complete -> handed to ZeroMQ
         frames = encode(h, payload)
         sent = pub.send(frames)
         # With a no-drop publisher a full queue refuses the send: a fast file then waits for
