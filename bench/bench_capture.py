@@ -9,7 +9,7 @@ pair (no header, no framing, no validation).
 Prints, per frame size: microseconds per frame on each side, CPU seconds per second of
 audio (x real time, lower is better) and the ratio to the baseline.
 
-    /tmp/venv/bin/python bench/bench_capture.py [--seconds 30] [--json]
+    .venv/bin/python bench/bench_capture.py [--seconds 30] [--json]
 """
 
 from __future__ import annotations

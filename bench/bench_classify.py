@@ -13,7 +13,7 @@ For every model (one thread, as a worker runs):
 streams per core = hop duration / CPU per window: how many live streams one core keeps up with.
 The batched gain is unbatched / batched CPU per window, measured in the same run.
 
-    /tmp/venv/bin/python bench/bench_classify.py [--models vad,yamnet,level] [--seconds 4] [--json]
+    .venv/bin/python bench/bench_classify.py [--models vad,yamnet,level] [--seconds 4] [--json]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ first-to-last wall time. Best of ``--repeat`` runs (shared, noisy machine: read 
 Then the seed article's method vs convert's on real audio, speed and SNR against
 whole-signal resampling (bench_peers.py's implementation, which needs torch; bench only).
 
-    /tmp/venv/bin/python bench/bench_convert.py [--streams 16] [--frames 400] [--repeat 2] [--json]
+    .venv/bin/python bench/bench_convert.py [--streams 16] [--frames 400] [--repeat 2] [--json]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Both are flooded (no HWM, so nothing is dropped) and the receiver measures frame
 first to its last frame and its own CPU time per frame; the ratio soundbus/bare is the
 protocol's overhead. The best of ``--repeat`` alternating runs is kept (noisy shared machine).
 
-    /tmp/venv/bin/python bench/bench_floor.py [--count 60000] [--repeat 2] [--json]
+    .venv/bin/python bench/bench_floor.py [--count 60000] [--repeat 2] [--json]
 
 The send/recv roles are reused by bench_peers.py (``--role send|recv``, ``--rate`` to pace).
 """

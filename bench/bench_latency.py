@@ -23,7 +23,7 @@ Pipeline (each its own process, tcp loopback):
 
 Targets (issue 8): per hop p99 <= 2 ms; capture -> vad result p99 <= 10 ms beyond the window.
 
-    /tmp/venv/bin/python bench/bench_latency.py [--seconds 20] [--load 0.5] [--streams N] [--json]
+    .venv/bin/python bench/bench_latency.py [--seconds 20] [--load 0.5] [--streams N] [--json]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@
    end of the warm-up - 1 (target < 5 %). Without ``soundbus replay`` this process publishes
    the frames itself at 10x.
 
-    /tmp/venv/bin/python bench/bench_memory.py [--streams 50] [--replay-seconds 60] [--json]
+    .venv/bin/python bench/bench_memory.py [--streams 50] [--replay-seconds 60] [--json]
 """
 
 from __future__ import annotations

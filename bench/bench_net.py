@@ -11,7 +11,7 @@ options, CURVE included). Two measurements per variant:
 The baseline is ``direct plain``, measured in the same run; other rows print their ratio to it.
 The proxy's CPU per forwarded message comes from /proc.
 
-    /tmp/venv/bin/python bench/bench_net.py [--count 20000] [--lat-count 1500] [--repeat 2] [--json]
+    .venv/bin/python bench/bench_net.py [--count 20000] [--lat-count 1500] [--repeat 2] [--json]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@
    whole-signal resampling of the same full-scale-scaled signal, on real audio (ALSA's
    Front_Center.wav and espeak-ng speech, made 48 kHz stereo with sox).
 
-    /tmp/venv/bin/python bench/bench_peers.py [--count 20000] [--json] [--skip-transport|--skip-convert]
+    .venv/bin/python bench/bench_peers.py [--count 20000] [--json] [--skip-transport|--skip-convert]
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ measure CPU and must not compete with each other). Their JSON objects are collec
 marked sections of docs/benchmarks.md (``<!-- bench:NAME:begin -->`` ... ``end``) are
 rewritten from the results, so the document always shows the numbers of one run.
 
-    /tmp/venv/bin/python bench/run_all.py                  # everything, ~5 min on 2 cores
-    /tmp/venv/bin/python bench/run_all.py --quick          # shorter runs of the suite's own benches
-    /tmp/venv/bin/python bench/run_all.py --only floor,peers --docs
+    .venv/bin/python bench/run_all.py                  # everything, ~5 min on 2 cores
+    .venv/bin/python bench/run_all.py --quick          # shorter runs of the suite's own benches
+    .venv/bin/python bench/run_all.py --only floor,peers --docs
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Make the small committed recordings in tests/data (deterministic: same bytes on every run).
 
-    /tmp/venv/bin/python tests/data/make_recordings.py          # rewrite them
-    /tmp/venv/bin/python tests/data/make_recordings.py --check  # exit 1 if they differ
+    .venv/bin/python tests/data/make_recordings.py          # rewrite them
+    .venv/bin/python tests/data/make_recordings.py --check  # exit 1 if they differ
 
 Messages are built with common.protocol directly (not with capture), so these files do
 not change when capture does. What they hold is described in tests/data/README.md.
