@@ -20,7 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.metrics import StageMetrics
-from common.protocol import Message, ProtocolError, decode
+from common.protocol import Flag, Message, ProtocolError, decode
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,14 @@ class Receiver:
 
     _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
-    def __init__(self, sockets: Iterable[zmq.Socket], metrics: StageMetrics) -> None:
+    def __init__(self, sockets: Iterable[zmq.Socket], metrics: StageMetrics, watchdog_s: float = 5.0) -> None:
         self.sockets = list(sockets)
         self.metrics = metrics
+        # Watchdog: a stream with no message for watchdog_s (and no END) is reported once as silent.
+        self.watchdog_s = watchdog_s
+        self.last_seen: dict[str, float] = {}  # stream -> time.monotonic() of its last message
+        self.silent: dict[str, float] = {}  # stream -> when it went silent
+        self._next_watch = time.monotonic() + 1.0
         self.poller = zmq.Poller()
         for s in self.sockets:
             self.poller.register(s, zmq.POLLIN)
@@ -169,6 +174,8 @@ class Receiver:
 
     def recv(self, timeout_ms: int) -> Message | None:
         """The next valid message, or None after ``timeout_ms`` (or on a bad message)."""
+        if self.watchdog_s > 0 and time.monotonic() >= self._next_watch:
+            self._watch()
         if not self._ready:
             events = self.poller.poll(timeout_ms)
             ready = [s for s, _ in events]
@@ -192,12 +199,29 @@ class Receiver:
             self.metrics.bad_message(e.reason)
             self._badlog.warning(e.reason, f"rejected message: {e}")
             return None
-        trace = msg.header.trace
+        h = msg.header
+        now = time.monotonic()
+        if h.flags & Flag.END:
+            self.last_seen.pop(h.stream, None)  # ended on purpose: not a silent producer
+        else:
+            self.last_seen[h.stream] = now
+        if self.silent and h.stream in self.silent:
+            log.info("stream %s: messages again after %.1f s of silence", h.stream, now - self.silent.pop(h.stream))
+        trace = h.trace
         if trace and self.metrics.exporting:
             # transport latency of the hop that just ended: previous stage's send -> our receive
             self.metrics.latency(f"{trace[-1].stage}->{self.metrics.stage}", (time.time_ns() - trace[-1].t_out_ns) / 1e9)
             self.metrics.latency(trace[-1].stage, (trace[-1].t_out_ns - trace[-1].t_in_ns) / 1e9)
         return msg
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        self._next_watch = now + 1.0
+        for stream, seen in self.last_seen.items():
+            if now - seen >= self.watchdog_s and stream not in self.silent:
+                self.silent[stream] = seen
+                self.metrics.event("silent_stream")
+                log.warning("stream %s: no messages for %.0f s (its producer is silent or gone)", stream, now - seen)
 
     def _connection_events(self, mon: zmq.Socket) -> None:
         while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
