@@ -15,9 +15,9 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -164,53 +166,12 @@ def fmt(x: float, digits: int = 3) -> str:
 # ---------------------------------------------------------------------------------------
 # real processes
 
-class Proc:
-    """A child process whose stdout and stderr lines are collected in the background."""
+class Proc(ChildProcess):
+    """A child process (common.process.ChildProcess) started from the repository root."""
 
     def __init__(self, argv: list[str], stdin: int | None = subprocess.DEVNULL, env: dict[str, str] | None = None) -> None:
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._cond = threading.Condition()
-        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
-
-    def _pump(self, stream: Any, sink: list[str]) -> None:
-        for raw in iter(stream.readline, b""):
-            with self._cond:
-                sink.append(raw.decode(errors="replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 30.0, stdout: bool = False) -> str:
-        """The first line matching ``pattern``; RuntimeError with the log if it never comes."""
-        rx = re.compile(pattern)
-        sink = self.out if stdout else self.err
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in sink:
-                    if rx.search(line):
-                        return line
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self._cond.wait(0.3)
-                    for line in sink:
-                        if rx.search(line):
-                            return line
-                    what = f"exited {self.proc.returncode}" if self.proc.poll() is not None else "timed out"
-                    raise RuntimeError(f"{' '.join(self.argv[:6])} {what} before /{pattern}/:\n{self.log()}")
-                self._cond.wait(0.2)
+        super().__init__(argv, env=env, cwd=ROOT, stdin=stdin)
+        self.out, self.err = self.out_lines, self.lines
 
     def count(self, pattern: str, stdout: bool = False) -> int:
         rx = re.compile(pattern)
@@ -235,21 +196,9 @@ class Proc:
                     return json.loads(line)
         raise RuntimeError(f"{' '.join(self.argv[:6])} printed no JSON (rc={self.proc.returncode}):\n{self.log()}")
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(self, timeout: float = 10.0) -> int:  # type: ignore[override]
         """SIGTERM the process group, then SIGKILL after ``timeout``."""
-        import signal
-
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
+        return super().stop(signal.SIGTERM, timeout)
 
 
 def python_module(*args: str, **kw: Any) -> Proc:
