@@ -74,8 +74,14 @@ def run_classify(args: argparse.Namespace) -> int:
 
     from classify.events import parse_threshold
     from classify.models import UnknownModel, known_models, load_model
-    from classify.worker import ClassifyWorker, WorkerConfig
     from common.stage import StopFlag, setup_logging
+
+    try:
+        from classify.worker import ClassifyWorker, WorkerConfig
+    except ImportError as e:  # the base install has no torch
+        print(f"soundbus: classify needs the classify extra ({e}); install it with "
+              f"`pip install -e '.[classify]'` or scripts/install.sh.", file=sys.stderr)
+        return 2
 
     setup_logging(verbosity(args))
     try:
