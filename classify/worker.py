@@ -22,7 +22,7 @@ import zmq
 from classify.batching import run_batch
 from classify.events import EventTracker, threshold_arrays
 from classify.models.base import Model, StreamState
-from classify.windows import StreamWindows, Window
+from classify.windows import Anchor, StreamWindows, Window
 from common.metrics import StageMetrics
 from common.protocol import (
     MAX_TRACE_HOPS,
@@ -72,6 +72,7 @@ class StreamSlot:
         self.pending_events: list[dict[str, Any]] = []  # stops caused by a reset, sent with the next result
         self.ended = False  # END or idle: flush the partial window, stop events, forget the slot
         self.last_rx = time.monotonic()  # when its last tensor arrived
+        self.last_anchor: Anchor | None = None  # the newest tensor received (for stops after the last window)
         self.topic = b""  # result topic of this stream and model (cached: it is hashed from the names)
 
     def reset(self, offset: int, t_ns: int) -> None:
@@ -153,6 +154,7 @@ class ClassifyWorker:
         if dropped:
             self._dropped(h.stream, slot, dropped, "buffer_full")
         slot.last_rx = time.monotonic()
+        slot.last_anchor = slot.windows.anchors[-1]
         if h.flags & Flag.END:
             slot.ended = True
 
@@ -251,16 +253,28 @@ class ClassifyWorker:
         if not ended:
             return 0
         part, wins, ends = [], [], []
+        sent = 0
         for stream, slot in ended:
             if slot.windows.buffered > 0:
                 ends.append(slot.windows.pad_to_window())
                 part.append((stream, slot))
                 wins.append(slot.windows.take())
-        sent = self._run(part, wins, ends) if part else 0
+            elif (slot.events.n_active or slot.pending_events) and slot.last_anchor is not None:
+                self._publish_stops(stream, slot, slot.last_anchor)
+                sent += 1
+        sent += self._run(part, wins, ends) if part else 0
         for stream, slot in ended:
             self.resume[stream] = (slot.epoch, slot.result_seq)
             del self.slots[stream]
         return sent
+
+    def _publish_stops(self, stream: str, slot: StreamSlot, a: Anchor) -> None:
+        """The stream ended exactly on a window boundary with labels still on: one result with no
+        audio (``empty``) whose events stop them where the audio ended."""
+        spec = self.model.spec
+        end_ns = a.t_capture_ns + a.frames * 1_000_000_000 // spec.rate
+        win = Window(np.zeros((spec.channels, 0), np.float32), slot.windows.next_index, end_ns, end_ns, a.seq, a.seq, a)
+        self.publish(stream, slot, win, np.zeros(len(spec.labels), np.float32), {"empty": True}, final_end_ns=end_ns)
 
     def flush_idle(self, now: float) -> None:
         """Streams with no tensor for ``idle_s`` (monotonic ``now``) end like an END: their

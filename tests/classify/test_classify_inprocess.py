@@ -97,3 +97,19 @@ def test_idle_stream_is_flushed_and_resumes_its_sequence(zctx, audio):
     assert flushed[0]["end_ns"] == h.t0 + int(0.35 * 1e9)
     assert ("sound", "stop") in [(e["label"], e["state"]) for e in flushed[0]["events"]]
     assert [r["_seq"] for r in first + flushed + back] == [0, 1, 2, 3, 4, 5]
+
+
+def test_stream_ending_on_a_window_boundary_still_stops_its_labels(zctx, audio):
+    """Nothing left to classify at the end, but "sound" is on: a result with no audio stops it."""
+    h = Harness(zctx, "level")
+    try:
+        first = h.send(audio.tone(0.3))  # exactly 3 windows of 100 ms: nothing buffered after them
+        h.worker.flush_idle(time.monotonic() + 60)
+        h.worker.serve()
+        flushed = h.send(np.zeros(0, np.float32))
+    finally:
+        h.close()
+    assert len(first) == 3 and ("sound", "start") in [(e["label"], e["state"]) for e in first[0]["events"]]
+    assert len(flushed) == 1 and flushed[0]["empty"] and flushed[0]["final"]
+    assert flushed[0]["end_ns"] == h.t0 + int(0.3 * 1e9)
+    assert ("sound", "stop") in [(e["label"], e["state"]) for e in flushed[0]["events"]]
