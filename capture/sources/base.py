@@ -125,6 +125,14 @@ class Backoff:
         return not stop.wait(delay)
 
 
+def split_whole_frames(pending: bytes, chunk: bytes, bytes_per_frame: int) -> tuple[bytes, bytes]:
+    """(whole frames, remainder) of ``pending + chunk``: a byte stream (pipe, ffmpeg) cut at frame
+    boundaries, the partial frame carried to the next read."""
+    data = pending + chunk
+    whole = len(data) - len(data) % bytes_per_frame
+    return data[:whole], data[whole:]
+
+
 class ArrivalClock:
     """Capture times for sources that only know when bytes arrive (pipes, ffmpeg).
 

@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 from capture.errors import CaptureError
 from capture.framer import StreamFormat
-from capture.sources.base import ArrivalClock, Backoff, Source, log
+from capture.sources.base import ArrivalClock, Backoff, Source, log, split_whole_frames
 from common.stage import StopFlag
 
 CODECS = {"s16": "pcm_s16le", "s32": "pcm_s32le", "f32": "pcm_f32le"}
@@ -240,7 +240,13 @@ class FfmpegSource(Source):
         framer, bpf = self.framer, self.fmt.bytes_per_frame
         clock = ArrivalClock(self.fmt.rate)
         pos = 0
-        rest, self._buf = self._buf, b""
+        # Audio that arrived with the WAV header (a short file can arrive whole in one read,
+        # followed at once by EOF): push it before reading more, or it would be lost.
+        data, rest = split_whole_frames(b"", self._buf, bpf)
+        self._buf = b""
+        if data:
+            pos = len(data) // bpf
+            framer.push(data, clock.t_of(0, pos, time.time_ns()))
         last = time.monotonic()
         while not stop:
             chunk = self._read(stop, 0.2)
@@ -250,10 +256,8 @@ class FfmpegSource(Source):
                     raise TimeoutError(f"no audio from ffmpeg for {self.opts.watchdog_s:g} s")
                 continue
             last = time.monotonic()
-            data = rest + chunk
-            whole = len(data) - len(data) % bpf
-            data, rest = data[:whole], data[whole:]
+            data, rest = split_whole_frames(rest, chunk, bpf)
             if data:
-                n = whole // bpf
+                n = len(data) // bpf
                 framer.push(data, clock.t_of(pos, n, now_ns))
                 pos += n

@@ -21,7 +21,7 @@ import time
 
 from capture.errors import CaptureError
 from capture.framer import StreamFormat
-from capture.sources.base import ArrivalClock, Source, log
+from capture.sources.base import ArrivalClock, Source, log, split_whole_frames
 from capture.spec import parse_pipe_arg
 from common.stage import StopFlag
 
@@ -67,11 +67,9 @@ class PipeSource(Source):
             arrival = time.time_ns()
             if not chunk:
                 break
-            data = rest + chunk
-            whole = len(data) - len(data) % bpf
-            data, rest = data[:whole], data[whole:]
+            data, rest = split_whole_frames(rest, chunk, bpf)
             if data:
-                n = whole // bpf
+                n = len(data) // bpf
                 framer.push(data, clock.t_of(pos, n, arrival))
                 pos += n
         if rest:
