@@ -51,6 +51,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a stream with no tensor for S seconds is flushed like an ended one: last window classified, "
         "labels stopped (default 5; 0: never)",
     )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="a ready window waits at most MS for the other live streams' windows, so one model call "
+        "serves them all (default 5; 0: classify each window as soon as it is ready)",
+    )
     p.add_argument("--top-k", type=int, metavar="K", help="labels per result (default per model)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch/onnx threads (default 1: scale by processes)")
     p.set_defaults(func=run_classify)
@@ -114,6 +122,7 @@ def run_classify(args: argparse.Namespace) -> int:
         thresholds=thresholds,
         top_k=args.top_k,
         idle_s=args.idle_s,
+        batch_wait_ms=args.batch_wait_ms,
         opts=socket_options(args),
     )
     metrics = stage_metrics(args, "classify")

@@ -2,7 +2,13 @@
 
     receive every waiting tensor message -> push into its stream's StreamWindows
     drop audio older than --max-lag-ms (counted: stale windows)
+    wait (at most --batch-wait-ms) until every live stream has a window ready
     while windows are ready: one batch = at most one window per stream -> model -> results
+
+Live streams deliver their windows one message at a time; serving each as it arrives
+would run the model once per window (measured here: 1.7 ms of CPU per vad window with 8
+live streams, against 0.24 ms per window in batches of 8). Waiting briefly for the other
+streams' windows makes one model call serve them all.
 
 Per stream (StreamSlot): the windows, the model state, the event tracker, the result seq.
 A discontinuity (flag, sequence gap, new epoch, staleness drop) resets all of them.
@@ -11,6 +17,7 @@ A discontinuity (flag, sequence gap, new epoch, staleness drop) resets all of th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +50,7 @@ log = logging.getLogger("classify")
 
 MAX_DRAIN = 2000  # messages read per loop turn before serving windows (bounds one turn's latency)
 MIN_BUFFER_S = 60.0  # per-stream buffer bound (memory guard) when --max-lag-ms is smaller or off
+LIVE_S = 1.0  # a stream that sent a tensor this recently is expected to complete a window soon
 
 
 @dataclass
@@ -56,6 +64,7 @@ class WorkerConfig:
     thresholds: list[tuple[str, float, float]] = field(default_factory=list)
     top_k: int | None = None
     idle_s: float = 5.0  # a stream silent this long is flushed like an END (0: never)
+    batch_wait_ms: float = 5.0  # a ready window waits at most this long for other streams' windows (0: never)
     opts: SocketOptions = field(default_factory=SocketOptions)
 
 
@@ -97,6 +106,8 @@ class ClassifyWorker:
         self.slots: dict[str, StreamSlot] = {}
         self.resume: dict[str, tuple[int, int]] = {}  # stream -> (epoch, next result seq) of a forgotten slot
         self._last_idle_check = time.monotonic()
+        self.batch_wait_s = max(cfg.batch_wait_ms, 0.0) / 1000
+        self._first_ready: float | None = None  # time.monotonic() when a window began waiting for a batch
         self.tracker = SequenceTracker(metrics)
         self.sub = open_sub(ctx, cfg.inputs, shard_prefixes(Kind.TENSOR, *cfg.shard), cfg.opts)
         self.pub = Publisher(ctx, cfg.outputs, cfg.opts)
@@ -211,6 +222,33 @@ class ClassifyWorker:
                     self._dropped(stream, slot, dropped, "stale")
 
     # ---- model and output ----------------------------------------------------------
+
+    def batch_due(self, now: float) -> bool:
+        """Serve the ready windows now (``now``: time.monotonic())? Yes when no live stream is
+        still missing a window (the batch is as full as it will get), when a batch is full, when
+        a stream ended, or when the first ready window has waited ``batch_wait_ms``."""
+        waiting, missing = 0, False
+        for slot in self.slots.values():
+            if slot.ended:
+                return True
+            if slot.windows.ready_count():
+                waiting += 1
+            elif now - slot.last_rx < LIVE_S:
+                missing = True
+        if not waiting:
+            self._first_ready = None
+            return False
+        if not missing or waiting >= self.model.spec.max_batch or self.batch_wait_s <= 0:
+            return True
+        if self._first_ready is None:
+            self._first_ready = now
+        return now - self._first_ready >= self.batch_wait_s
+
+    def wait_ms(self, now: float, idle_ms: int = 100) -> int:
+        """How long the loop may block on its input: until the waiting batch is due, else ``idle_ms``."""
+        if self._first_ready is None:
+            return idle_ms
+        return max(0, math.ceil((self._first_ready + self.batch_wait_s - now) * 1000))
 
     def serve(self) -> int:
         """Run every ready window through the model in batches across streams; returns results sent."""
@@ -344,7 +382,7 @@ class ClassifyWorker:
     def run(self, stop: StopFlag) -> None:
         """Receive, window, classify, publish until ``stop``."""
         while not stop:
-            msg = self.receiver.recv(100)
+            msg = self.receiver.recv(self.wait_ms(time.monotonic()))
             drained = 0
             while msg is not None:
                 self.handle(msg, time.time_ns())
@@ -359,7 +397,9 @@ class ClassifyWorker:
             if now - self._last_idle_check > 1.0:
                 self._last_idle_check = now
                 self.flush_idle(now)
-            self.serve()
+            if self.batch_due(now):
+                self.serve()
+                self._first_ready = None
             self.metrics.maybe_log_summary(self.stats())
 
     def stats(self) -> str:

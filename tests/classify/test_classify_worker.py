@@ -283,3 +283,43 @@ def test_shards_split_streams_between_workers(procs, start, tcp, collector, tens
     got1 = {m.header.stream for m in c1.messages}
     assert got0 == {s for s in names if bucket_of(s) % 2 == 0} and got1 == {s for s in names if bucket_of(s) % 2 == 1}
     assert len(c0.messages) == len(c1.messages) == 15
+
+
+def test_live_streams_wait_for_one_shared_model_call(procs, start, tcp, collector, tensor_source, audio):
+    """Windows of live streams arriving a few ms apart are batched into one model call when the
+    worker may wait for them (--batch-wait-ms), and served one by one when it may not; the
+    results are the same either way."""
+    tin, out_wait, out_now = tcp(), tcp(), tcp()
+    src = tensor_source(tin)
+    waiting = start(procs, "classify", "--model", "level", "--input", tin, "--output", out_wait,
+                    "--batch-wait-ms", "200", "--idle-s", "0")
+    at_once = start(procs, "classify", "--model", "level", "--input", tin, "--output", out_now,
+                    "--batch-wait-ms", "0", "--idle-s", "0")
+    cols = []
+    for w, out in ((waiting, out_wait), (at_once, out_now)):
+        w.wait_for("ready", 60)
+        cols.append(collector(out, Kind.RESULT))
+        w.wait_for("subscriber joined")
+    src.wait_subscribers(2)
+
+    streams = {f"mic{i}": audio.white_noise(2.0, amp=0.05 * (i + 1), seed=i) for i in range(4)}
+    rounds = 20  # windows of 1600 samples (100 ms) per stream
+    src.t0 = time.time_ns()
+    for k in range(rounds):  # live-like: each stream's window completes 8 ms after the previous stream's
+        for name, a in streams.items():
+            src.send(name, a[k * 1600 : (k + 1) * 1600], chunk=1600)
+            time.sleep(0.008)
+    for col in cols:
+        col.collect(lambda ms: len(ms) >= 4 * rounds, timeout=30)
+    waiting.stop()
+    at_once.stop()
+    batched, single = final_summary(waiting), final_summary(at_once)
+    assert counter(batched, "windows") == counter(single, "windows") == 4 * rounds
+    assert counter(batched, "batches") <= rounds * 1.5, f"live windows were not batched: {batched}"
+    assert counter(single, "batches") >= 2 * rounds, f"windows waited without --batch-wait-ms: {single}"
+
+    def scores(col):
+        return sorted((m.header.stream, m.result()["offset"], tuple(map(tuple, m.result()["labels"])))
+                      for m in col.messages)
+
+    assert scores(cols[0]) == scores(cols[1])
