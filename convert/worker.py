@@ -83,7 +83,7 @@ class Converter:
             return self._reject("not_raw", f"kind {h.kind.value} on a raw input")
         ok = self._rate_ok.get(h.rate)
         if ok is None:
-            ok = self._rate_ok[h.rate] = rate_supported(h.rate, self.cfg.rate)
+            ok = self._rate_ok[h.rate] = rate_supported(h.rate, self.cfg.rate, self.cfg.quality)
         if not ok:
             return self._reject("rate_unsupported", f"stream {h.stream}: {h.rate} Hz -> {self.cfg.rate} Hz")
         try:

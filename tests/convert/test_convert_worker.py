@@ -256,3 +256,21 @@ def test_long_silent_streams_are_evicted_and_numbering_stays_monotonic_when_they
     back = feed(conv, msgs[12:])
     assert back[0].header.seq > out[-1].header.seq and back[0].header.flags & Flag.DISCONTINUITY
     assert back[0].header.offset >= out[-1].header.offset + out[-1].header.frames
+
+
+def test_low_delay_quality_publishes_each_frame_once_its_input_and_look_ahead_are_in() -> None:
+    from convert.lowdelay import LowDelayResampler
+
+    x = signal(0.5)
+    conv = converter(quality="LD")
+    out: list[Message] = []
+    for i, m in enumerate(frames_of(x, [960] * 25)):
+        out += feed(conv, [m])
+        ready = (960 * (i + 1) - 1 - 61) // 3 + 1  # 16 kHz samples whose 61-sample look-ahead has arrived
+        assert sum(f.header.frames for f in out) == ready // 512 * 512
+    got = samples(out)[0]
+    ld = LowDelayResampler(IN_RATE, 16000, 1).process(x.mean(axis=0).astype(np.float32), last=True)
+    np.testing.assert_array_equal(got, ld[: len(got)])
+    # a rate whose exact LD filter would be too long is refused like an absurd rate, state untouched
+    assert feed(conv, [raw("odd", 0, x[:, :882], 0, rate=44_099)]) == []
+    assert conv.metrics.bad == {"rate_unsupported": 1}
