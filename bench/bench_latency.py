@@ -20,10 +20,12 @@ Pipeline (each its own process, tcp loopback):
    - capture -> result, beyond the window: result received here - window end.
 3. Baseline, same run: a bare pyzmq hop (bench_floor) paced at the convert -> classify
    message rate.
+4. The same streams again in the low-latency configuration: convert ``--quality LD`` (holds
+   back ~1 ms instead of soxr HQ's ~21), 10 ms capture frames, classify ``--batch-wait-ms 0``.
 
 Targets (issue 8): per hop p99 <= 2 ms; capture -> vad result p99 <= 10 ms beyond the window.
 
-    .venv/bin/python bench/bench_latency.py [--seconds 20] [--load 0.5] [--streams N] [--json]
+    .venv/bin/python bench/bench_latency.py [--seconds 20] [--load 0.5] [--streams N] [--no-low-latency] [--json]
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ E2E_TARGET_MS = 10.0
 class Pipeline:
     """classify + convert (kept up) and a capture process that can be restarted with N streams."""
 
-    def __init__(self, model: str, frame_ms: float, quality: str = "HQ") -> None:
+    def __init__(self, model: str, frame_ms: float, quality: str = "HQ", batch_wait_ms: float = 5.0) -> None:
         self.raw, self.tensor, self.result = bl.free_tcp(), bl.free_tcp(), bl.free_tcp()
-        self.model, self.frame_ms, self.quality = model, frame_ms, quality
+        self.model, self.frame_ms, self.quality, self.batch_wait_ms = model, frame_ms, quality, batch_wait_ms
         self.procs: dict[str, bl.Proc] = {}
         self.ctx = zmq.Context()
         self.sub = None
@@ -54,7 +56,8 @@ class Pipeline:
 
     def start(self) -> None:
         c = self.procs["classify"] = bl.python_module("classify", "--model", self.model, "--input", self.tensor,
-                                                      "--output", self.result, "--max-lag-ms", "60000")
+                                                      "--output", self.result, "--max-lag-ms", "60000",
+                                                      "--batch-wait-ms", f"{self.batch_wait_ms:g}")
         c.wait_for(r"\bready\b", timeout=180)
         v = self.procs["convert"] = bl.python_module("convert", "--input", self.raw, "--output", self.tensor,
                                                      "--quality", self.quality)
@@ -150,22 +153,24 @@ def hop_stats(results: list, raw_lat: list) -> dict[str, dict[str, float]]:
     return out
 
 
-def soxr_buffering_ms(chunk_ms: float = 20.0, in_rate: int = 48_000, out_rate: int = 16_000) -> dict[str, dict]:
-    """Audio held inside soxr.ResampleStream (input time - output time, ms) when fed ``chunk_ms`` chunks.
+def resampler_holdback_ms(chunk_ms: float = 20.0, in_rate: int = 48_000, out_rate: int = 16_000) -> dict[str, dict]:
+    """Audio held inside convert's resampler (input time - output time, ms) when fed ``chunk_ms`` chunks.
 
     soxr works in blocks: at HQ it emits output in bursts, so part of the "framing" leg is
-    the resampler, not the transport. Measured in-process, no sockets.
+    the resampler, not the transport; LD holds back only its filter's look-ahead. Measured
+    in-process through convert.resample.StreamResampler, no sockets.
     """
-    import soxr
+    sys.path.insert(0, str(bl.ROOT))
+    from convert.resample import QUALITIES, StreamResampler
 
     out = {}
     n = int(in_rate * chunk_ms / 1000)
-    for q in ("QQ", "LQ", "MQ", "HQ", "VHQ"):
-        rs = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality=q)
+    for q in QUALITIES:
+        rs = StreamResampler(in_rate, out_rate, 1, q)
         t_in = t_out = 0
         held = []
         for i in range(200):
-            t_out += len(rs.resample_chunk(np.zeros(n, np.float32)))
+            t_out += len(rs.process(np.zeros(n, np.float32)))
             t_in += n
             if i >= 10:
                 held.append(t_in / in_rate * 1e3 - t_out / out_rate * 1e3)
@@ -181,29 +186,18 @@ def capacity(n: int, share: dict[str, float], ncores: int) -> dict[str, float]:
     return {"busiest_stage_streams": per_core, "all_cores_streams": all_cores, "streams": min(per_core, all_cores)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=20.0, help="measurement length (default 20)")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds discarded after capture starts (default 3)")
-    ap.add_argument("--calib-streams", type=int, default=8, help="streams for the capacity calibration (default 8)")
-    ap.add_argument("--calib-seconds", type=float, default=6.0)
-    ap.add_argument("--load", type=float, default=0.5, help="fraction of the measured capacity (default 0.5)")
-    ap.add_argument("--streams", type=int, help="skip calibration: run exactly this many streams")
-    ap.add_argument("--max-streams", type=int, default=200)
-    ap.add_argument("--frame-ms", type=float, default=20.0, help="capture frame length (default 20)")
-    ap.add_argument("--model", default="vad")
-    ap.add_argument("--quality", default="HQ", help="convert's soxr quality (default HQ; QQ holds no audio back)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args()
+LOW_LATENCY = {"quality": "LD", "frame_ms": 10.0, "batch_wait_ms": 0.0}  # the second pass, same streams
 
-    ncores = len(__import__("os").sched_getaffinity(0))
-    pipe = Pipeline(args.model, args.frame_ms, args.quality)
-    res: dict = {"model": args.model, "capture_frame_ms": args.frame_ms, "convert_quality": args.quality, "targets_ms": {
-        "hop_p99": HOP_TARGET_MS, "capture_to_result_p99": E2E_TARGET_MS}}
+
+def run_config(args: argparse.Namespace, quality: str, frame_ms: float, batch_wait_ms: float,
+               streams: int | None, ncores: int) -> dict:
+    """One pipeline in one configuration: calibrate (unless ``streams``), measure, bare-hop baseline."""
+    pipe = Pipeline(args.model, frame_ms, quality, batch_wait_ms)
+    res: dict = {"capture_frame_ms": frame_ms, "convert_quality": quality, "batch_wait_ms": batch_wait_ms}
     try:
         pipe.start()
-        if args.streams:
-            n = args.streams
+        if streams:
+            n = streams
         else:
             pipe.start_capture(args.calib_streams)
             pipe.collect(args.warmup)
@@ -214,10 +208,9 @@ def main() -> int:
         pipe.start_capture(n)
         pipe.collect(args.warmup)
         results, raw_lat, share = pipe.collect(args.seconds)
-        res.update(streams=n, load=args.load if not args.streams else None, cpu_share=share,
-                   results=len(results), legs=hop_stats(results, raw_lat))
-        # CPU per message in the live pipeline (real-time arrivals: one wake-up per message, small batches)
-        raw_fps = n * 1000.0 / args.frame_ms
+        res.update(streams=n, cpu_share=share, results=len(results), legs=hop_stats(results, raw_lat))
+        # CPU per message in the live pipeline (real-time arrivals: one wake-up per message)
+        raw_fps = n * 1000.0 / frame_ms
         win_ps = len(results) / args.seconds if results else float("nan")
         res["live_cpu_us"] = {"capture_per_raw_frame": share["capture"] / raw_fps * 1e6,
                               "convert_per_raw_frame": share["convert"] / raw_fps * 1e6,
@@ -230,10 +223,40 @@ def main() -> int:
         res["baseline_rate"] = link_rate
     finally:
         pipe.stop()
+    return res
 
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=20.0, help="measurement length (default 20)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds discarded after capture starts (default 3)")
+    ap.add_argument("--calib-streams", type=int, default=8, help="streams for the capacity calibration (default 8)")
+    ap.add_argument("--calib-seconds", type=float, default=6.0)
+    ap.add_argument("--load", type=float, default=0.5, help="fraction of the measured capacity (default 0.5)")
+    ap.add_argument("--streams", type=int, help="skip calibration: run exactly this many streams")
+    ap.add_argument("--max-streams", type=int, default=200)
+    ap.add_argument("--frame-ms", type=float, default=20.0, help="capture frame length (default 20)")
+    ap.add_argument("--model", default="vad")
+    ap.add_argument("--quality", default="HQ", help="convert's resampler quality (default HQ; LD holds back ~1 ms)")
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0, help="classify's --batch-wait-ms (default 5)")
+    ap.add_argument("--no-low-latency", action="store_true",
+                    help="skip the second pass (convert --quality LD, 10 ms capture frames, no batch wait)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+
+    ncores = len(__import__("os").sched_getaffinity(0))
+    res: dict = {"model": args.model, "load": args.load if not args.streams else None,
+                 "targets_ms": {"hop_p99": HOP_TARGET_MS, "capture_to_result_p99": E2E_TARGET_MS}}
+    res.update(run_config(args, args.quality, args.frame_ms, args.batch_wait_ms, args.streams, ncores))
+    if not args.no_low_latency:
+        res["low_latency"] = run_config(args, LOW_LATENCY["quality"], LOW_LATENCY["frame_ms"],
+                                        LOW_LATENCY["batch_wait_ms"], res["streams"], ncores)
+
+    low = res.get("low_latency")
     legs = res["legs"]
     base = res["baseline_bare_hop_ms"]
-    rows = [("leg", "p50 ms", "p99 ms", "target p99", "met", "x bare hop p99")]
+    rows = [("leg", "p50 ms", "p99 ms", "target p99", "met", "x bare hop p99")
+            + (("low-latency p50", "low-latency p99", "met") if low else ())]
     spec = [
         ("capture hop (s0 raw -> here)", "capture_hop", HOP_TARGET_MS),
         ("window end -> convert in (framing)", "end_to_convert_in", None),
@@ -244,26 +267,42 @@ def main() -> int:
         ("software: convert in -> classify out", "software_convert_in_to_classify_out", None),
         ("capture -> result, beyond window", "capture_to_result_beyond_window", E2E_TARGET_MS),
     ]
-    met = {}
+
+    def met_text(p: dict, target: float | None) -> str:
+        return "" if target is None else ("yes" if p["p99"] <= target else "NO")
+
+    met, met_low = {}, {}
     for label, key, target in spec:
         p = legs[key]
-        ok = "" if target is None else ("yes" if p["p99"] <= target else "NO")
         if target is not None:
             met[key] = p["p99"] <= target
         link = key in ("capture_hop", "convert_to_classify", "classify_to_sink")
-        rows.append((label, bl.fmt(p["p50"]), bl.fmt(p["p99"]), "-" if target is None else f"<= {target:g}", ok,
-                     bl.fmt(bl.ratio(p["p99"], base["p99"])) if link else ""))
+        row = (label, bl.fmt(p["p50"]), bl.fmt(p["p99"]), "-" if target is None else f"<= {target:g}",
+               met_text(p, target), bl.fmt(bl.ratio(p["p99"], base["p99"])) if link else "")
+        if low:
+            q = low["legs"][key]
+            if target is not None:
+                met_low[key] = q["p99"] <= target
+            row += (bl.fmt(q["p50"]), bl.fmt(q["p99"]), met_text(q, target))
+        rows.append(row)
     rows.append((f"baseline: bare pyzmq hop @{res['baseline_rate']:.0f}/s", bl.fmt(base["p50"]), bl.fmt(base["p99"]),
-                 "", "", "1"))
+                 "", "", "1") + ((bl.fmt(low["baseline_bare_hop_ms"]["p50"]), bl.fmt(low["baseline_bare_hop_ms"]["p99"]),
+                                  "") if low else ()))
     res["targets_met"] = met
-    res["soxr_buffering_ms"] = soxr_buffering_ms(args.frame_ms)
+    if low:
+        low["targets_met"] = met_low
+    res["resampler_holdback_ms"] = resampler_holdback_ms(args.frame_ms)
     bl.emit("latency", res, args.json, rows)
     if not args.json:
-        print(f"streams: {res['streams']} (48 kHz stereo, real time), CPU share per process: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in res["cpu_share"].items()))
-        print("live CPU per message (us): " + ", ".join(f"{k} {v:.0f}" for k, v in res["live_cpu_us"].items()))
-        print("audio held inside soxr.ResampleStream at 48k -> 16k, ms mean/max by quality: "
-              + ", ".join(f"{q} {v['mean']:.1f}/{v['max']:.1f}" for q, v in res["soxr_buffering_ms"].items()))
+        for name, r in (("default", res), ("low-latency", low)):
+            if r is None:
+                continue
+            print(f"{name}: convert --quality {r['convert_quality']}, capture frames {r['capture_frame_ms']:g} ms, "
+                  f"classify --batch-wait-ms {r['batch_wait_ms']:g}; streams: {r['streams']} (48 kHz stereo, real "
+                  "time); CPU share per process: " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())
+                  + "; live CPU per message (us): " + ", ".join(f"{k} {v:.0f}" for k, v in r["live_cpu_us"].items()))
+        print("audio held inside the resampler at 48k -> 16k, ms mean/max by quality: "
+              + ", ".join(f"{q} {v['mean']:.1f}/{v['max']:.1f}" for q, v in res["resampler_holdback_ms"].items()))
     return 0
 
 

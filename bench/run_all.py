@@ -106,7 +106,10 @@ def headline(r: dict[str, Any]) -> str:
                     f"{f(legs['capture_to_result_beyond_window']['p99'])} ms, software p99 "
                     f"{f(legs['software_convert_in_to_classify_out']['p99'])} ms, link p99 "
                     f"{f(legs['convert_to_classify']['p99'])} ms (bare hop {f(r['baseline_bare_hop_ms']['p99'])} ms); "
-                    f"targets met: {sum(r['targets_met'].values())}/{len(r['targets_met'])}")
+                    f"targets met: {sum(r['targets_met'].values())}/{len(r['targets_met'])}"
+                    + (f"; low-latency config p99 {f(r['low_latency']['legs']['capture_to_result_beyond_window']['p99'])}"
+                       f" ms, targets met {sum(r['low_latency']['targets_met'].values())}/"
+                       f"{len(r['low_latency']['targets_met'])}" if r.get("low_latency") else ""))
         if n == "memory":
             parts = []
             ps = r.get("per_stream")
@@ -204,12 +207,17 @@ def render(r: dict[str, Any]) -> str:
         body = md_table(rows)
     extra = ""
     if r.get("bench") == "latency":
-        extra = ("\n\nstreams: " + str(r.get("streams")) + "; CPU share per process: "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in r.get("cpu_share", {}).items())
-                 + ("; live CPU per message (us): " + ", ".join(f"{k} {v:.0f}" for k, v in r["live_cpu_us"].items())
-                    if r.get("live_cpu_us") else "")
-                 + "; audio held inside soxr.ResampleStream (ms mean/max): "
-                 + ", ".join(f"{q} {v['mean']:.1f}/{v['max']:.1f}" for q, v in r.get("soxr_buffering_ms", {}).items()))
+        for name, c in (("default", r), ("low-latency", r.get("low_latency"))):
+            if not c:
+                continue
+            extra += (f"\n\n{name}: convert --quality {c.get('convert_quality')}, capture frames "
+                      f"{c.get('capture_frame_ms')} ms, classify --batch-wait-ms {c.get('batch_wait_ms')}; streams: "
+                      + str(c.get("streams")) + "; CPU share per process: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in c.get("cpu_share", {}).items())
+                      + ("; live CPU per message (us): " + ", ".join(f"{k} {v:.0f}" for k, v in c["live_cpu_us"].items())
+                         if c.get("live_cpu_us") else ""))
+        extra += ("\n\naudio held inside the resampler at 48k -> 16k (ms mean/max): "
+                  + ", ".join(f"{q} {v['mean']:.1f}/{v['max']:.1f}" for q, v in r.get("resampler_holdback_ms", {}).items()))
     return head + body + extra + "\n"
 
 
