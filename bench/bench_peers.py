@@ -304,36 +304,48 @@ def bench_convert() -> tuple[dict, list]:
             rows.append((f"{name}: {label[k]}", bl.fmt(m["us_per_chunk"]), bl.fmt(bl.ratio(seed_us, m["us_per_chunk"])),
                          bl.fmt(m["snr_db"]), bl.fmt(m.get("snr_db_vs_torchaudio", m["snr_db"]))))
     res["soxr_presets"] = soxr_presets(signals)
-    rows.append(("", "", "", "", ""))
+    rows.append(("", "", "", "", "", ""))
     names = list(signals)
-    rows.append(("soxr preset (latency vs fidelity)", "audio held ms mean", "audio held ms max",
-                 *(f"SNR dB vs VHQ: {n}" for n in names)))
+    rows.append(("convert --quality (latency vs fidelity)", "audio held ms mean", "audio held ms max",
+                 "CPU us per 20 ms chunk", *(f"SNR dB vs VHQ: {n}" for n in names)))
     for q, v in res["soxr_presets"].items():
-        rows.append((q, bl.fmt(v["held_ms_mean"]), bl.fmt(v["held_ms_max"]), *(bl.fmt(v["snr_db"][n]) for n in names)))
+        rows.append((q, bl.fmt(v["held_ms_mean"]), bl.fmt(v["held_ms_max"]), bl.fmt(v["cpu_us_per_chunk"]),
+                     *(bl.fmt(v["snr_db"][n]) for n in names)))
     return res, rows
 
 
 def soxr_presets(signals: dict[str, np.ndarray]) -> dict[str, dict]:
-    """For each soxr quality preset: audio it holds back when streamed in 20 ms chunks (ms) and its
-    fidelity (SNR dB of the whole-signal result against VHQ's, the baseline) on each signal."""
+    """For each convert quality (soxr's presets and LD, convert.resample.StreamResampler): audio it
+    holds back when streamed in 20 ms chunks (ms), CPU per streamed 20 ms mono chunk (us), and its
+    fidelity (SNR dB of the whole-signal result against soxr VHQ's, the baseline) on each signal."""
     import soxr
 
+    sys.path.insert(0, str(bl.ROOT))
+    from convert.resample import QUALITIES, StreamResampler
+
+    monos = {name: pcm.astype(np.float32).mean(axis=1) / np.float32(32768.0) for name, pcm in signals.items()}
+    refs = {name: soxr.resample(m, IN_RATE, OUT_RATE, quality="VHQ") for name, m in monos.items()}
+    first = next(iter(monos.values()))
+    chunks = [np.ascontiguousarray(first[i : i + CHUNK_IN]) for i in range(0, len(first) - CHUNK_IN + 1, CHUNK_IN)]
     out: dict[str, dict] = {}
-    for q in ("QQ", "LQ", "MQ", "HQ", "VHQ"):
-        rs = soxr.ResampleStream(IN_RATE, OUT_RATE, 1, dtype="float32", quality=q)
+    for q in QUALITIES:
+        rs = StreamResampler(IN_RATE, OUT_RATE, 1, q)
         t_in = t_out = 0
         held = []
         for i in range(200):
-            t_out += len(rs.resample_chunk(np.zeros(CHUNK_IN, np.float32)))
+            t_out += len(rs.process(np.zeros(CHUNK_IN, np.float32)))
             t_in += CHUNK_IN
             if i >= 10:
                 held.append(t_in / IN_RATE * 1e3 - t_out / OUT_RATE * 1e3)
-        snr = {}
-        for name, pcm in signals.items():
-            mono = pcm.astype(np.float32).mean(axis=1) / 32768.0
-            ref = soxr.resample(mono, IN_RATE, OUT_RATE, quality="VHQ")
-            snr[name] = snr_db(soxr.resample(mono, IN_RATE, OUT_RATE, quality=q), ref)
-        out[q] = {"held_ms_mean": float(np.mean(held)), "held_ms_max": float(np.max(held)), "snr_db": snr}
+        rs = StreamResampler(IN_RATE, OUT_RATE, 1, q)
+        t0 = time.process_time()
+        for c in chunks:
+            rs.process(c)
+        cpu_us = (time.process_time() - t0) / len(chunks) * 1e6
+        snr = {name: snr_db(StreamResampler(IN_RATE, OUT_RATE, 1, q).process(m, last=True), refs[name])
+               for name, m in monos.items()}
+        out[q] = {"held_ms_mean": float(np.mean(held)), "held_ms_max": float(np.max(held)), "cpu_us_per_chunk": cpu_us,
+                  "snr_db": snr}
     return out
 
 
