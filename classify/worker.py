@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 
@@ -39,6 +38,7 @@ from common.protocol import (
     Kind,
     Message,
     encode_header,
+    pack,
     shard_prefixes,
     topic_for,
 )
@@ -337,7 +337,7 @@ class ClassifyWorker:
             events += slot.events.reset(final_end_ns)
             extra = {**extra, "final": True}
         if self.top_k == 1:
-            top = [int(np.argmax(scores))]
+            top = [int(scores.argmax())]  # the method: np.argmax's dispatch costs 3 us here
         else:
             top = np.argsort(-scores, kind="stable")[: self.top_k].tolist()
         body: dict[str, Any] = {
@@ -371,7 +371,7 @@ class ClassifyWorker:
         slot.result_seq += 1
         self.windows_done += 1
         # == encode_result(h, body), with the topic computed once per stream
-        frames = [slot.topic, encode_header(h), msgpack.packb(body, use_bin_type=True)]
+        frames = [slot.topic, encode_header(h), pack(body)]
         if self.pub.send(frames):
             self.metrics.frame_out(stream)
         else:
