@@ -48,7 +48,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         choices=QUALITIES,
         default="HQ",
         help="resampling: a soxr quality (VHQ..QQ), or LD = low delay, a polyphase FIR that holds back only its "
-        "~1.3 ms look-ahead (soxr HQ: 6-37 ms at 20 ms chunks), 80 dB stopband, ~10x HQ's CPU (default HQ)",
+        "~1.3 ms look-ahead (soxr HQ: 6-37 ms at 20 ms chunks), 80 dB stopband, 3-8x HQ's CPU (default HQ)",
     )
     p.add_argument("--gain-db", type=float, default=0.0, help="fixed gain in dB (default 0); clipped samples are counted")
     p.add_argument("--dc-remove", action="store_true", help="remove DC with a 10 Hz first-order high-pass (needs scipy)")

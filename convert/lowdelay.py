@@ -90,6 +90,7 @@ class LowDelayResampler:
     def __init__(self, in_rate: int, out_rate: int, channels: int) -> None:
         self.in_rate, self.out_rate, self.channels = in_rate, out_rate, channels
         self.filter = design(in_rate, out_rate)
+        self._phases = [self.filter.h[p :: self.filter.down] for p in range(self.filter.down)]
         self.reset()
 
     def reset(self) -> None:
@@ -137,14 +138,49 @@ class LowDelayResampler:
             # upfirdn's output m is at m * down - p + s * up on the global upsampled grid (h
             # prepadded by p zeros); p makes c + p - s * up a multiple of down, so global output
             # k is upfirdn's m = k + (c + p - s * up) / down.
-            p = (s * up - c) % down
-            hp = h if p == 0 else np.concatenate((np.zeros(p, np.float32), h))
-            m0 = k0 + (c + p - s * up) // down
-            y = upfirdn(hp, buf_used, up, down, axis=0)[m0 : m0 + k_end - k0]
+            if up == 1:
+                y = self._decimate(buf_used, k0, k_end)
+            else:
+                p = (s * up - c) % down
+                hp = h if p == 0 else np.concatenate((np.zeros(p, np.float32), h))
+                m0 = k0 + (c + p - s * up) // down
+                y = upfirdn(hp, buf_used, up, down, axis=0)[m0 : m0 + k_end - k0]
             assert y.shape[0] == k_end - k0
         # keep the input from the first sample output k_end needs: ceil((k_end * down - c) / up)
         start = max(self._hist_start, -((c - k_end * down) // up))
         self._hist = buf[start - self._hist_start :].copy()  # a copy: ``x`` is the caller's (and short)
         self._hist_start = start
         self._n_out = k_end
+        return y
+
+    def _decimate(self, buf: np.ndarray, k0: int, k_end: int) -> np.ndarray:
+        """Outputs k0 .. k_end-1 when ``up == 1`` (48 -> 16 kHz and the like), phase by phase.
+
+        y[k] = sum_q h[p + q*down] * x[(k - q)*down + c - p] summed over the phases p: one
+        short ``np.convolve`` per phase at the output rate, instead of upfirdn's per-call
+        overhead and its outputs that are thrown away (~3x less CPU at 20 ms chunks). Each
+        output is the same dot products in the same order whatever the chunking.
+        """
+        _, down, h, c = self.filter
+        s, n = self._hist_start, k_end - k0
+        taps = h.shape[0]
+        # input indices (relative to buf) from the oldest sample output k0 needs to the newest k_end-1 needs
+        lo, hi = k0 * down + c - (taps - 1) - s, (k_end - 1) * down + c - s + 1
+        pad_lo, pad_hi = max(0, -lo), max(0, hi - buf.shape[0])  # zeros before the signal and after its end
+        if pad_lo or pad_hi:
+            width = ((pad_lo, pad_hi),) + ((0, 0),) * (buf.ndim - 1)
+            buf = np.pad(buf[max(lo, 0) : min(hi, buf.shape[0])], width)
+        else:
+            buf = buf[lo:hi]
+        y = np.zeros((n, *buf.shape[1:]), np.float32)
+        for p in range(min(down, taps)):
+            hp = self._phases[p]  # h[p], h[p + down], ...
+            # x[k*down + c - p - q*down] for q = len(hp)-1 .. 0: every down-th sample, from the oldest
+            first = (taps - 1) - p - (len(hp) - 1) * down
+            xp = buf[first : first + (n + len(hp) - 2) * down + 1 : down]
+            if buf.ndim == 1:
+                y += np.convolve(xp, hp, "valid")
+            else:
+                for ch in range(buf.shape[1]):
+                    y[:, ch] += np.convolve(np.ascontiguousarray(xp[:, ch]), hp, "valid")
         return y

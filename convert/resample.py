@@ -10,7 +10,7 @@ counted from the first input sample; a stream that ends is flushed with ``last=T
 
 Quality ``"LD"`` (low delay) replaces soxr with convert.lowdelay's polyphase FIR, same
 semantics: soxr HQ holds back 6-37 ms of audio between calls (it works in DFT blocks), LD
-only its filter's look-ahead (about 1.3 ms), at about 10x soxr HQ's CPU per chunk.
+only its filter's look-ahead (about 1.3 ms), at 3-8x soxr HQ's CPU per chunk.
 """
 
 from __future__ import annotations

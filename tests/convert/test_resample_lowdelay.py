@@ -151,3 +151,28 @@ def test_ratios_with_too_long_a_filter_are_refused() -> None:
     assert rate_supported(44_100, OUT, "LD") and rate_supported(8000, OUT, "LD")
     assert rate_supported(44_099, OUT, "HQ") and not rate_supported(44_099, OUT, "LD")
     assert rate_supported(16_000, OUT, "LD")  # equal rates: pass-through
+
+
+@pytest.mark.parametrize("in_rate,channels", [(48_000, 1), (48_000, 2), (32_000, 1), (96_000, 2)])
+def test_integer_decimation_path_equals_upfirdn(in_rate: int, channels: int) -> None:
+    """Whole-number ratios take a per-phase np.convolve path; it computes the same filter as
+    upfirdn over the whole signal (to float32 rounding), streamed in uneven chunks."""
+    from scipy.signal import upfirdn
+
+    rng = np.random.default_rng(in_rate + channels)
+    n = in_rate // 2
+    x = (rng.standard_normal((n, channels)) * 0.2).astype(np.float32)
+    x = x[:, 0].copy() if channels == 1 else x
+    r = LowDelayResampler(in_rate, OUT, channels)
+    f = r.filter
+    assert f.up == 1
+    cuts = np.cumsum(rng.integers(1, 2000, size=400))
+    cuts = [0, *cuts[cuts < n].tolist(), n]
+    got = np.concatenate([r.process(np.ascontiguousarray(x[a:b])) for a, b in zip(cuts, cuts[1:])]
+                         + [r.process(x[:0], last=True)])
+    pre = -f.lookahead % f.down  # zeros before h so that upfirdn's outputs fall on k * down + c
+    ref = upfirdn(np.concatenate((np.zeros(pre, np.float32), f.h)), x, 1, f.down, axis=0)
+    first = (f.lookahead + pre) // f.down
+    ref = ref[first : first + got.shape[0]]
+    assert got.shape[0] == r.total_out(n)
+    np.testing.assert_allclose(got, ref, atol=2e-6, rtol=0)
