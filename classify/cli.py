@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=batch_wait_ms,
         default=5.0,
         metavar="MS",
         help="a ready window waits at most MS for the other live streams' windows, so one model call "
@@ -148,6 +148,22 @@ def run_classify(args: argparse.Namespace) -> int:
         ctx.term()
     log.info("stopped")
     return 0
+
+
+MAX_BATCH_WAIT_MS = 1000.0
+
+
+def batch_wait_ms(text: str) -> float:
+    """``--batch-wait-ms``: a finite number of ms in [0, MAX_BATCH_WAIT_MS] (argparse type)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0.0 <= v <= MAX_BATCH_WAIT_MS:  # also False for nan
+        raise argparse.ArgumentTypeError(
+            f"{text} ms is outside 0-{MAX_BATCH_WAIT_MS:g}; a window should not wait longer than a second for a batch"
+        )
+    return v
 
 
 def _set_threads(n: int) -> None:

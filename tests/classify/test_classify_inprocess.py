@@ -113,3 +113,39 @@ def test_stream_ending_on_a_window_boundary_still_stops_its_labels(zctx, audio):
     assert len(flushed) == 1 and flushed[0]["empty"] and flushed[0]["final"]
     assert flushed[0]["end_ns"] == h.t0 + int(0.3 * 1e9)
     assert ("sound", "stop") in [(e["label"], e["state"]) for e in flushed[0]["events"]]
+
+
+def test_batch_wait_deadline_and_live_streams(zctx):
+    """batch_due/wait_ms with explicit clock values: a ready window waits for a live stream that is
+    missing one, for at most --batch-wait-ms; a stream silent for LIVE_S is no longer waited for."""
+    from classify.worker import LIVE_S
+
+    w = ClassifyWorker(load_model("level"), WorkerConfig(inputs=["inproc://bw-in"], outputs=["inproc://bw-out"],
+                                                         max_lag_ms=0, batch_wait_ms=5.0), StageMetrics("t"), zctx)
+    try:
+        t0 = time.time_ns()
+
+        def tensor(stream: str, frames: int) -> None:
+            h = Header(Kind.TENSOR, stream, 1, 0, t0, rate=RATE, channels=1, format="f32", layout="planar",
+                       frames=frames, offset=0, trace=[Hop("convert", 1, 2)])
+            w.handle(decode([bytes(f) for f in encode(h, np.zeros((1, frames), np.float32))]), time.time_ns())
+
+        tensor("a", 1600)  # a full level window
+        tensor("b", 800)  # half of one: b is live and missing a window
+        now = w.slots["b"].last_rx
+        assert not w.batch_due(now)  # the wait starts
+        assert 4 <= w.wait_ms(now + 0.0005) <= 5
+        assert not w.batch_due(now + 0.004)
+        assert w.wait_ms(now + 0.004) == 1
+        assert w.batch_due(now + 0.0051)  # deadline passed: serve what is ready
+        assert w.serve() == 1 and not w.batch_due(now + 0.006) and w.wait_ms(now + 0.006) == 100
+
+        tensor_b_done = now + LIVE_S + 0.1  # b sent nothing for longer than LIVE_S: not waited for
+        w.slots["a"].windows.push(np.zeros((1, 1600), np.float32), t0, 1, 0, [])
+        assert w.batch_due(tensor_b_done)
+
+        w.slots["b"].last_rx = now  # b live again, and complete: nothing missing, due at once
+        w.slots["b"].windows.push(np.zeros((1, 800), np.float32), t0, 1, 0, [])
+        assert w.batch_due(now + 0.0001)
+    finally:
+        w.close()

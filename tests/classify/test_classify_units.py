@@ -133,3 +133,15 @@ def test_live_view_shows_level_labels_events_gaps_latency() -> None:
     text = console.export_text()
     assert "mic1" in text and "vad: speech 0.93" in text and "-12.0 dB" in text and "█" in text
     assert "▲speech (vad)" in text and " 3 " in text and "2.5 ms" in text
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "1e300", "five"])
+def test_batch_wait_ms_rejects_what_would_break_the_loop(text: str) -> None:
+    """nan never times out, inf and huge values overflow the poll timeout: refused at the command line."""
+    import argparse
+
+    from classify.cli import batch_wait_ms
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        batch_wait_ms(text)
+    assert batch_wait_ms("0") == 0.0 and batch_wait_ms("5") == 5.0
