@@ -48,6 +48,8 @@ def procs() -> Iterator[list[StageProcess]]:
     yield started
     for p in reversed(started):
         p.stop()
+    for p in started:  # pytest shows this only when the test failed: each stage's last log lines
+        print(f"--- {p.name} (exit {p.proc.returncode}) ---\n{p.log(40)}")
 
 
 def start(procs: list[StageProcess], *args: str, env: dict[str, str] | None = None, stdin: int | None = None) -> StageProcess:
