@@ -2,7 +2,7 @@
 
     receive every waiting tensor message -> push into its stream's StreamWindows
     drop audio older than --max-lag-ms (counted: stale windows)
-    wait (at most --batch-wait-ms) until every live stream has a window ready
+    wait (at most --batch-wait-ms) for the live streams whose windows complete within the wait
     while windows are ready: one batch = at most one window per stream -> model -> results
 
 Live streams deliver their windows one message at a time; serving each as it arrives
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +82,19 @@ class StreamSlot:
         self.pending_events: list[dict[str, Any]] = []  # stops caused by a reset, sent with the next result
         self.ended = False  # END or idle: flush the partial window, stop events, forget the slot
         self.last_rx = time.monotonic()  # when its last tensor arrived
+        self.frames = 0  # samples in its last tensor
+        self.gaps: deque[float] = deque(maxlen=4)  # seconds between its last tensors' arrivals
         self.last_anchor: Anchor | None = None  # the newest tensor received (for stops after the last window)
         self.topic = b""  # result topic of this stream and model (cached: it is hashed from the names)
+
+    def cadence_s(self) -> float:
+        """Shortest recent gap between this stream's tensors (s): when its next one may come."""
+        return min(self.gaps) if self.gaps else 0.0
+
+    def received(self, frames: int, now: float) -> None:
+        """A tensor of ``frames`` samples arrived at ``now`` (time.monotonic())."""
+        self.gaps.append(now - self.last_rx)
+        self.last_rx, self.frames = now, frames
 
     def reset(self, offset: int, t_ns: int) -> None:
         """Forget audio and model state; active labels stop at ``t_ns``."""
@@ -164,7 +176,7 @@ class ClassifyWorker:
         dropped = slot.windows.push(samples, h.t_capture_ns, h.seq, t_in_ns, h.trace)
         if dropped:
             self._dropped(h.stream, slot, dropped, "buffer_full")
-        slot.last_rx = time.monotonic()
+        slot.received(h.frames, time.monotonic())
         slot.last_anchor = slot.windows.anchors[-1]
         if h.flags & Flag.END:
             slot.ended = True
@@ -225,16 +237,28 @@ class ClassifyWorker:
 
     def batch_due(self, now: float) -> bool:
         """Serve the ready windows now (``now``: time.monotonic())? Yes when no live stream is
-        still missing a window (the batch is as full as it will get), when a batch is full, when
-        a stream ended, or when the first ready window has waited ``batch_wait_ms``."""
+        expected to complete a window before the wait ends (the batch is as full as it will get
+        in time), when a batch is full, when a stream ended, or when the first ready window has
+        waited ``batch_wait_ms``.
+
+        A stream's window is expected when its next tensors arrive, at its shortest recent gap
+        between tensors (``StreamSlot.cadence_s``; re-framed tensors arrive unevenly, e.g. 20 ms
+        capture frames make 32 ms tensors come 20 or 40 ms apart): streams in phase (one convert
+        sending them in turn) are waited for, a stream whose window completes after the deadline
+        is not.
+        """
         waiting, missing = 0, False
+        deadline = (self._first_ready if self._first_ready is not None else now) + self.batch_wait_s
+        window = self.model.spec.window
         for slot in self.slots.values():
             if slot.ended:
                 return True
-            if slot.windows.ready_count():
+            w = slot.windows
+            if w.ready_count():
                 waiting += 1
-            elif now - slot.last_rx < LIVE_S:
-                missing = True
+            elif not missing and now - slot.last_rx < LIVE_S and slot.frames > 0:
+                tensors_needed = -(-(window - w.buffered) // slot.frames)
+                missing = slot.last_rx + tensors_needed * slot.cadence_s() <= deadline
         if not waiting:
             self._first_ready = None
             return False

@@ -116,8 +116,9 @@ def test_stream_ending_on_a_window_boundary_still_stops_its_labels(zctx, audio):
 
 
 def test_batch_wait_deadline_and_live_streams(zctx):
-    """batch_due/wait_ms with explicit clock values: a ready window waits for a live stream that is
-    missing one, for at most --batch-wait-ms; a stream silent for LIVE_S is no longer waited for."""
+    """batch_due/wait_ms with explicit clock values: a ready window waits, for at most
+    --batch-wait-ms, for a live stream whose next tensor (at its shortest recent gap) completes a
+    window before the deadline; not for one that completes later, nor for one silent for LIVE_S."""
     from classify.worker import LIVE_S
 
     w = ClassifyWorker(load_model("level"), WorkerConfig(inputs=["inproc://bw-in"], outputs=["inproc://bw-out"],
@@ -130,22 +131,24 @@ def test_batch_wait_deadline_and_live_streams(zctx):
                        frames=frames, offset=0, trace=[Hop("convert", 1, 2)])
             w.handle(decode([bytes(f) for f in encode(h, np.zeros((1, frames), np.float32))]), time.time_ns())
 
-        tensor("a", 1600)  # a full level window
-        tensor("b", 800)  # half of one: b is live and missing a window
-        now = w.slots["b"].last_rx
+        tensor("a", 1600)  # a full level window (1600 samples)
+        tensor("b", 800)  # half of one: b's next tensor completes its window
+        b = w.slots["b"]
+        b.gaps.clear()
+        b.gaps.extend([0.060, 0.050, 0.070])  # b's tensors came 50-70 ms apart: the next one may come in 50
+        now = b.last_rx + 0.048  # ... 2 ms from now: in phase, worth waiting for
         assert not w.batch_due(now)  # the wait starts
         assert 4 <= w.wait_ms(now + 0.0005) <= 5
-        assert not w.batch_due(now + 0.004)
+        assert not w.batch_due(now + 0.001)
         assert w.wait_ms(now + 0.004) == 1
-        assert w.batch_due(now + 0.0051)  # deadline passed: serve what is ready
+        assert w.batch_due(now + 0.0051)  # deadline passed (b was late): serve what is ready
         assert w.serve() == 1 and not w.batch_due(now + 0.006) and w.wait_ms(now + 0.006) == 100
 
-        tensor_b_done = now + LIVE_S + 0.1  # b sent nothing for longer than LIVE_S: not waited for
         w.slots["a"].windows.push(np.zeros((1, 1600), np.float32), t0, 1, 0, [])
-        assert w.batch_due(tensor_b_done)
-
-        w.slots["b"].last_rx = now  # b live again, and complete: nothing missing, due at once
-        w.slots["b"].windows.push(np.zeros((1, 800), np.float32), t0, 1, 0, [])
-        assert w.batch_due(now + 0.0001)
+        assert w.batch_due(b.last_rx + 0.030)  # b's window completes 20 ms on: out of phase, not waited for
+        assert w.batch_due(b.last_rx + LIVE_S + 0.1)  # b silent for longer than LIVE_S: not waited for
+        assert not w.batch_due(b.last_rx + 0.049) and w._first_ready is not None  # in phase again: waits
+        b.windows.push(np.zeros((1, 800), np.float32), t0, 1, 0, [])
+        assert w.batch_due(b.last_rx + 0.0491)  # b complete: nothing missing, due at once
     finally:
         w.close()
