@@ -162,21 +162,10 @@ def resampler_holdback_ms(chunk_ms: float = 20.0, in_rate: int = 48_000, out_rat
     in-process through convert.resample.StreamResampler, no sockets.
     """
     sys.path.insert(0, str(bl.ROOT))
-    from convert.resample import QUALITIES, StreamResampler
+    from convert.resample import QUALITIES
 
-    out = {}
     n = int(in_rate * chunk_ms / 1000)
-    for q in QUALITIES:
-        rs = StreamResampler(in_rate, out_rate, 1, q)
-        t_in = t_out = 0
-        held = []
-        for i in range(200):
-            t_out += len(rs.process(np.zeros(n, np.float32)))
-            t_in += n
-            if i >= 10:
-                held.append(t_in / in_rate * 1e3 - t_out / out_rate * 1e3)
-        out[q] = {"mean": float(np.mean(held)), "max": float(np.max(held))}
-    return out
+    return {q: bl.resampler_holdback_ms(q, n, in_rate, out_rate) for q in QUALITIES}
 
 
 def capacity(n: int, share: dict[str, float], ncores: int) -> dict[str, float]:

@@ -329,14 +329,7 @@ def soxr_presets(signals: dict[str, np.ndarray]) -> dict[str, dict]:
     chunks = [np.ascontiguousarray(first[i : i + CHUNK_IN]) for i in range(0, len(first) - CHUNK_IN + 1, CHUNK_IN)]
     out: dict[str, dict] = {}
     for q in QUALITIES:
-        rs = StreamResampler(IN_RATE, OUT_RATE, 1, q)
-        t_in = t_out = 0
-        held = []
-        for i in range(200):
-            t_out += len(rs.process(np.zeros(CHUNK_IN, np.float32)))
-            t_in += CHUNK_IN
-            if i >= 10:
-                held.append(t_in / IN_RATE * 1e3 - t_out / OUT_RATE * 1e3)
+        held = bl.resampler_holdback_ms(q, CHUNK_IN, IN_RATE, OUT_RATE)
         rs = StreamResampler(IN_RATE, OUT_RATE, 1, q)
         t0 = time.process_time()
         for c in chunks:
@@ -344,7 +337,7 @@ def soxr_presets(signals: dict[str, np.ndarray]) -> dict[str, dict]:
         cpu_us = (time.process_time() - t0) / len(chunks) * 1e6
         snr = {name: snr_db(StreamResampler(IN_RATE, OUT_RATE, 1, q).process(m, last=True), refs[name])
                for name, m in monos.items()}
-        out[q] = {"held_ms_mean": float(np.mean(held)), "held_ms_max": float(np.max(held)), "cpu_us_per_chunk": cpu_us,
+        out[q] = {"held_ms_mean": held["mean"], "held_ms_max": held["max"], "cpu_us_per_chunk": cpu_us,
                   "snr_db": snr}
     return out
 

@@ -217,3 +217,19 @@ def free_tcp() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def resampler_holdback_ms(quality: str, chunk: int, in_rate: int = 48_000, out_rate: int = 16_000) -> dict[str, float]:
+    """Audio held inside convert's resampler (input time - output time, ms, mean and max over
+    chunk boundaries) when fed ``chunk``-sample mono chunks of ``quality``; in-process, no sockets."""
+    from convert.resample import StreamResampler
+
+    rs = StreamResampler(in_rate, out_rate, 1, quality)
+    t_in = t_out = 0
+    held = []
+    for i in range(200):
+        t_out += len(rs.process(np.zeros(chunk, np.float32)))
+        t_in += chunk
+        if i >= 10:  # past the filter's start-up
+            held.append(t_in / in_rate * 1e3 - t_out / out_rate * 1e3)
+    return {"mean": float(np.mean(held)), "max": float(np.max(held))}
