@@ -21,6 +21,16 @@ def chunk_sizes(draw, total: int) -> list[int]:
     return [b - a for a, b in zip(edges, edges[1:])]
 
 
+def resample_in_chunks(r: StreamResampler, x: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """``x`` through ``r`` in chunks of ``sizes`` samples, then the flushed tail, concatenated."""
+    pieces, i = [], 0
+    for size in sizes:
+        pieces.append(r.process(np.ascontiguousarray(x[i : i + size])))
+        i += size
+    pieces.append(r.flush())
+    return np.concatenate(pieces)
+
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_are_bit_identical_to_whole_signal(data) -> None:
@@ -41,12 +51,7 @@ def test_random_chunkings_are_bit_identical_to_whole_signal(data) -> None:
         whole = soxr.resample(x, in_rate, 16000, quality=quality)
 
     r = StreamResampler(in_rate, 16000, channels, quality)
-    pieces, i = [], 0
-    for size in chunk_sizes(data.draw, n):
-        pieces.append(r.process(np.ascontiguousarray(x[i : i + size])))
-        i += size
-    pieces.append(r.flush())
-    got = np.concatenate(pieces)
+    got = resample_in_chunks(r, x, chunk_sizes(data.draw, n))
     assert got.shape == whole.shape
     np.testing.assert_array_equal(got, whole)
     assert r.samples_in == n and r.samples_out == len(whole)
@@ -110,11 +115,6 @@ def test_low_delay_random_chunkings_are_bit_identical_to_whole_signal(data) -> N
         x = x[:, 0].copy()
     whole = StreamResampler(in_rate, 16000, channels, "LD").process(x, last=True)
     r = StreamResampler(in_rate, 16000, channels, "LD")
-    pieces, i = [], 0
-    for size in chunk_sizes(data.draw, n):
-        pieces.append(r.process(np.ascontiguousarray(x[i : i + size])))
-        i += size
-    pieces.append(r.flush())
-    got = np.concatenate(pieces)
+    got = resample_in_chunks(r, x, chunk_sizes(data.draw, n))
     assert got.dtype == np.float32 and got.shape == whole.shape
     np.testing.assert_array_equal(got, whole)
