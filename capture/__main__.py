@@ -1,4 +1,4 @@
-from common.cli import standalone
+from common.cli.main import standalone
 
 from capture.cli import register
 

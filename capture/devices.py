@@ -21,7 +21,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from capture.errors import CaptureError
+from common.errors import UserError
 
 NO_INPUT = (
     "no audio input device found; list devices with `soundbus devices`, or capture a file or a test signal "
@@ -48,11 +48,19 @@ def _sd() -> Any:
     try:
         import sounddevice as sd
     except OSError as e:  # libportaudio missing
-        raise CaptureError(
+        raise UserError(
             f"PortAudio is not available ({e}); install it (Debian: apt-get install libportaudio2) "
             f"or use --source file:PATH / synth:tone:440."
         ) from None
     return sd
+
+
+def rescan() -> None:
+    """Make PortAudio enumerate devices again (it does so only at initialisation), so a device
+    plugged in after start can be found. Only safe while no stream of this process is open."""
+    sd = _sd()
+    sd._terminate()
+    sd._initialize()
 
 
 def input_devices() -> list[InputDevice]:
@@ -107,7 +115,7 @@ def find_input(arg: str) -> InputDevice:
     """The input device for ``device[:NAME_OR_INDEX]`` (empty or 'default': the default input)."""
     devs = input_devices()
     if not devs:
-        raise CaptureError(NO_INPUT)
+        raise UserError(NO_INPUT)
     names = "; ".join(f"{d.index}: {d.name}" for d in devs)
     if arg in ("", "default"):
         for d in devs:
@@ -118,14 +126,14 @@ def find_input(arg: str) -> InputDevice:
         for d in devs:
             if d.index == int(arg):
                 return d
-        raise CaptureError(f"no input device with index {arg}; inputs are {names} (see `soundbus devices`).")
+        raise UserError(f"no input device with index {arg}; inputs are {names} (see `soundbus devices`).")
     exact = [d for d in devs if d.name == arg]
     matches = exact or [d for d in devs if arg.lower() in d.name.lower()]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise CaptureError(f"no input device named {arg!r}; inputs are {names} (see `soundbus devices`).")
-    raise CaptureError(
+        raise UserError(f"no input device named {arg!r}; inputs are {names} (see `soundbus devices`).")
+    raise UserError(
         f"{len(matches)} input devices match {arg!r} ({'; '.join(d.name for d in matches)}); "
         f"give the index or a longer name."
     )
@@ -134,20 +142,20 @@ def find_input(arg: str) -> InputDevice:
 def loopback_target(sink: str) -> tuple[InputDevice, str]:
     """(PortAudio device, PulseAudio source name) recording what ``sink`` plays (default sink if empty)."""
     if sys.platform == "win32":
-        raise CaptureError(
+        raise UserError(
             "loopback on Windows needs WASAPI loopback, which sounddevice cannot reach until a PortAudio release "
             "ships it (python-sounddevice#510): enable 'Stereo Mix' or install a virtual cable and use "
             "--source device:NAME (see docs/capture.md)."
         )
     if sys.platform == "darwin":
-        raise CaptureError(
+        raise UserError(
             "macOS has no built-in loopback: install a virtual device such as BlackHole, route the output to it "
             "and use --source device:BlackHole (see docs/capture.md)."
         )
     devs = input_devices()
     pulse = [d for d in devs if d.name in ("pulse", "pipewire")] or [d for d in devs if d.name == "default"]
     if not pulse:
-        raise CaptureError(
+        raise UserError(
             "loopback needs a running PulseAudio or PipeWire server and its ALSA plugin "
             "(Debian: pulseaudio libasound2-plugins); `soundbus devices` shows no 'pulse' device."
         )
@@ -156,7 +164,7 @@ def loopback_target(sink: str) -> tuple[InputDevice, str]:
         name = sink if sink.endswith(".monitor") else f"{sink}.monitor"
         if sources is not None and name not in [n for n, _ in sources]:
             monitors = ", ".join(n[: -len(".monitor")] for n, m in sources if m) or "none"
-            raise CaptureError(
+            raise UserError(
                 f"no PulseAudio sink named {sink!r} to record from; sinks with monitors: {monitors} "
                 f"(`pactl list short sinks`)."
             )
@@ -194,7 +202,7 @@ def print_devices(json_lines: bool = False) -> int:
     """``soundbus devices``: returns 0, or 2 (with the one-sentence hint) when there is no input."""
     try:
         devs = input_devices()
-    except CaptureError as e:
+    except UserError as e:
         print(f"soundbus: {e}", file=sys.stderr)
         return 2
     monitors = [n for n, m in (pulse_sources() or []) if m]

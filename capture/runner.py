@@ -1,248 +1,240 @@
-"""The capture process: sources in threads, one publishing socket, heartbeats, watchdog.
+"""The capture process: every source of the process on one loop, one queue, one publisher.
 
-Threads: each source runs in its own thread and writes into its StreamFramer; finished
-frames go through one bounded queue to this module's loop, which alone owns the ZeroMQ
-socket (sockets are not thread-safe). The loop also
+Capture runs on the shared runtime (common.runtime.stage) like every stage. Its input is
+:class:`SourceQueue`: PortAudio callbacks (their own threads) and readable file
+descriptors (stdin, ffmpeg) put blocks on one queue, and a pipe wakes the loop. Its logic,
+:class:`CaptureLogic`, frames what arrives, produces what paced sources (files, synth)
+owe by the loop's one clock, and encodes raw messages; the runtime sends each wake-up's
+messages as one burst. There is no thread, queue or lock per source.
 
-- opens the gate for non-live sources (files, pipes, URLs, synth) once the first
-  subscriber arrives or ``--wait-subscriber`` seconds pass, so nothing is published into
-  the void ("slow joiner");
-- publishes a heartbeat per stream every ``heartbeat_s`` (``hb/`` topic, empty payload,
-  the stream's current epoch / next seq / next offset), so consumers can tell "alive but
-  silent" from "dead";
+The logic also
+
+- opens the gate for non-live sources (files, pipes, URLs, synth) once the first subscriber
+  arrives or ``--wait-subscriber`` seconds pass, so nothing is published into the void;
+- publishes a heartbeat per stream every ``heartbeat_s`` (``hb/`` topic: the stream's
+  epoch, next seq and offset, and state), so consumers can tell "alive but silent" from "dead";
 - logs "stream X: no audio for N s" when a running source stops delivering (watchdog);
-- when every source has ended (and not ``--loop``), lets the last frames leave and
-  returns 0.
+- stops the loop when every source has ended (and not ``--loop``): exit 0, or 1 if one failed.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
-import threading
+import os
 import time
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import zmq
-
-from capture.errors import CaptureError
-from capture.framer import StreamFramer
-from capture.sources.base import Source
-from common.metrics import StageMetrics
-from common.protocol import Flag, Header, Hop, Kind, encode
-from common.publisher import Publisher
-from common.sockets import SocketOptions
-from common.stage import StopFlag
+from capture.framer import Chunk, StreamFramer
+from capture.sources.base import Loop, Source
+from common.observe.metrics import StageMetrics
+from common.runtime.stage import Now, Runtime, StopFlag
+from common.transport.inbox import MAX_BATCH, Poller
+from common.transport.sockets import SocketOptions
+from common.wire.codec import encode, encode_audio
+from common.wire.messages import Flag, Heartbeat, HeartbeatState, Hop, SampleFormat
+from common.wire.topics import Kind
 
 log = logging.getLogger("capture")
 
-QUEUE_FRAMES = 512  # frames between source threads and the socket (~10 s of 20 ms frames)
-END_LINGER_MS = 2000  # at exit, time libzmq gets to hand queued frames to subscribers
+STAGE = "capture"
+END_LINGER_MS = 2000  # at exit, time libzmq gets to hand queued chunks to subscribers
 
 
-class SourceThread:
-    """A source, its framer and the thread that runs it."""
+class SourceQueue:
+    """Capture's input: blocks from any thread (``put``), and fds read by the loop, on one queue.
 
-    def __init__(self, source: Source, stop: StopFlag) -> None:
-        self.source = source
-        self.stop = stop
-        self.thread = threading.Thread(target=self._main, name=f"src-{source.stream}", daemon=True)
-        self.failed = False
-        self.started_mono = 0.0
-        self.last_audio_mono = 0.0
-        self.next_watchdog_mono = 0.0
-        self.next_heartbeat_mono = 0.0
+    A put from another thread wakes the loop through a pipe; the write happens only when the
+    loop is not already awake, so a burst of callbacks costs one wake-up.
+    """
 
-    def start(self) -> None:
-        self.started_mono = self.last_audio_mono = time.monotonic()
-        self.thread.start()
+    def __init__(self, poller: Poller) -> None:
+        self.poller = poller
+        self.q: collections.deque[Any] = collections.deque()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._signalled = False
+        poller.watch(self._r, self._woken)
+        self.received = 0
+        self.loop = Loop(poller.watch, poller.unwatch, self.put)
 
-    def _main(self) -> None:
-        src = self.source
-        try:
-            src.run(self.stop)
-        except CaptureError as e:
-            self.failed = True
-            src.set_state("failed", str(e))
-            log.error("stream %s: %s", src.stream, e)
-        except Exception:
-            self.failed = True
-            src.set_state("failed")
-            log.exception("stream %s: source crashed", src.stream)
-        finally:
-            src.close()
-
-    @property
-    def started(self) -> bool:
-        return self.started_mono > 0
-
-    @property
-    def done(self) -> bool:
-        return self.started and not self.thread.is_alive()
-
-
-class CaptureRunner:
-    """Runs prepared sources and publishes their frames until they end or ``stop``."""
-
-    def __init__(
-        self,
-        sources: Sequence[Source],
-        outputs: Sequence[str],
-        sockopts: SocketOptions,
-        metrics: StageMetrics,
-        frame_ms: float,
-        wait_subscriber_s: float = 10.0,
-        heartbeat_s: float = 1.0,
-        watchdog_s: float = 5.0,
-        fast: bool = False,
-    ) -> None:
-        self.sources = list(sources)
-        self.outputs = list(outputs)
-        self.sockopts = sockopts
-        self.metrics = metrics
-        self.frame_ms = frame_ms
-        self.wait_subscriber_s = wait_subscriber_s
-        self.heartbeat_s = heartbeat_s
-        self.watchdog_s = watchdog_s
-        self.fast = fast
-        # (header, payload, time.time_ns() when the frame was complete): that time starts the capture hop
-        self.q: queue.Queue[tuple[Header, bytes, int]] = queue.Queue(maxsize=QUEUE_FRAMES)
-        self._by_stream: dict[str, SourceThread] = {}
-
-    def _sink(self, stop: StopFlag):
-        def put(h: Header, payload: bytes) -> None:
-            while not stop:
-                try:
-                    self.q.put((h, payload, time.time_ns()), timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        return put
-
-    def run(self, stop: StopFlag) -> int:
-        """Prepare nothing (sources come prepared); publish until done. Returns the exit code."""
-        ctx = zmq.Context()
-        pub = None
-        try:
-            pub = Publisher(ctx, self.outputs, self.sockopts)
-            threads = []
-            for src in self.sources:
-                src.framer = StreamFramer(
-                    src.stream, src.fmt, self.frame_ms, src.description, self._sink(stop), hold_last=src.hold_last
-                )
-                threads.append(SourceThread(src, stop))
-            self._by_stream = {t.source.stream: t for t in threads}
-            log.info(
-                "ready: %s -> %s",
-                ", ".join(f"{s.stream}={s.description}" for s in self.sources),
-                ", ".join(self.outputs),
-            )
+    def put(self, item: Any) -> None:
+        """Any thread: queue ``item`` and make sure the loop wakes."""
+        self.q.append(item)
+        if not self._signalled:
+            self._signalled = True
             try:
-                return self._loop(pub, threads, stop)
-            finally:
-                stop.set()  # also on an error in the loop: sources must not outlive it
-                for t in threads:  # let sources close devices and subprocesses before exit
-                    if t.started:
-                        t.thread.join(3.0)
-        finally:
-            if pub is not None:
-                pub.close(linger_ms=END_LINGER_MS)
-            ctx.term()
-
-    def _loop(self, pub: Publisher, threads: list[SourceThread], stop: StopFlag) -> int:
-        for t in threads:
-            if t.source.live:
-                t.start()
-        gate_deadline = time.monotonic() + self.wait_subscriber_s
-        gated = [t for t in threads if not t.source.live]
-        if gated and self.wait_subscriber_s > 0:
-            log.info("waiting up to %gs for a subscriber before starting %s", self.wait_subscriber_s,
-                     ", ".join(t.source.stream for t in gated))
-        while not stop:
-            now = time.monotonic()
-            if gated:
-                pub.poll_subscriptions()
-                if pub.subscriptions or now >= gate_deadline or self.wait_subscriber_s <= 0:
-                    if not pub.subscriptions and self.wait_subscriber_s > 0:
-                        log.warning("no subscriber after %gs; publishing anyway", self.wait_subscriber_s)
-                    for t in gated:
-                        t.start()
-                    gated = []
-            try:
-                h, payload, t_ready = self.q.get(timeout=0.05 if gated else 0.1)
-            except queue.Empty:
+                os.write(self._w, b"\0")
+            except BlockingIOError:  # the pipe is full of wake-ups already
                 pass
-            else:
-                self._publish(pub, h, payload, t_ready, stop)
-                self._drain(pub, stop)
-            self._housekeeping(pub, threads)
-            if not stop and not gated and all(t.done for t in threads) and self.q.empty():
-                failed = [t.source.stream for t in threads if t.failed]
-                log.info("all sources ended%s; %s", f" ({', '.join(failed)} failed)" if failed else "",
-                         self.metrics.summary())
-                return 1 if failed else 0
-        # stopped: publish what is already queued, then leave
-        self._drain(pub, stop=None)
-        log.info("stopped; %s", self.metrics.summary())
-        return 0
 
-    def _drain(self, pub: Publisher, stop: StopFlag | None, limit: int = 64) -> None:
-        for _ in range(limit):
-            try:
-                h, payload, t_ready = self.q.get_nowait()
-            except queue.Empty:
-                return
-            self._publish(pub, h, payload, t_ready, stop)
+    def _woken(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._signalled = False  # after reading: a put from now on writes again
 
-    def _publish(self, pub: Publisher, h: Header, payload: bytes, t_ready: int, stop: StopFlag | None) -> None:
-        h.trace = [Hop("capture", t_ready, time.time_ns())]  # frame complete -> handed to ZeroMQ
-        frames = encode(h, payload)
-        sent = pub.send(frames)
-        # With a no-drop publisher a full queue refuses the send: a fast file then waits for
-        # its subscribers instead of losing frames (a live source never waits here).
-        while not sent and self.fast and stop is not None and not stop:
-            if pub.socket.poll(100, zmq.POLLOUT):
-                sent = pub.send(frames)
-        t = self._by_stream.get(h.stream)
-        if t is not None:
-            t.last_audio_mono = time.monotonic()
-        if sent:
+    def receive(self, timeout_s: float, gather_s: float = 0.0, limit: int = MAX_BATCH) -> list[Any]:
+        if not self.q:
+            self.poller.wait(timeout_s)
+        out = []
+        q = self.q
+        while q and len(out) < limit:
+            out.append(q.popleft())
+        self.received += len(out)
+        return out
+
+    def housekeeping(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.poller.unwatch(self._r)
+        os.close(self._r)
+        os.close(self._w)
+
+
+class CaptureLogic:
+    """Sources' blocks -> framed, encoded raw messages and heartbeats (see the module docstring)."""
+
+    def __init__(self, sources: Sequence[Source], loop: Loop, metrics: StageMetrics, stop: StopFlag,
+                 chunk_ms: float, has_subscriber: Callable[[], bool], wait_subscriber_s: float = 10.0,
+                 heartbeat_s: float = 1.0, watchdog_s: float = 5.0) -> None:
+        self.sources = list(sources)
+        self.loop, self.metrics, self.stop = loop, metrics, stop
+        self.has_subscriber = has_subscriber
+        self.heartbeat_s, self.watchdog_s = heartbeat_s, watchdog_s
+        for src in self.sources:
+            src.framer = StreamFramer(src.stream, src.fmt, chunk_ms, src.description, hold_last=src.hold_last)
+        self.gated = [s for s in self.sources if not s.live]
+        self.gate_deadline = time.monotonic() + wait_subscriber_s
+        self.wait_subscriber_s = wait_subscriber_s
+        self.next_heartbeat = 0.0
+        self.watch_next: dict[str, float] = {}
+        self.exit_code = 0
+        self._started: list[Source] = []
+
+    def begin(self, now: Now) -> list[bytes]:
+        """Start the live sources at once; the others wait for the gate."""
+        out: list[bytes] = []
+        if self.gated and self.wait_subscriber_s > 0:
+            log.info("waiting up to %gs for a subscriber before starting %s", self.wait_subscriber_s,
+                     ", ".join(s.stream for s in self.gated))
+        for src in self.sources:
+            if src.live:
+                out += self._start(src, now)
+        return out
+
+    def _start(self, src: Source, now: Now) -> list[bytes]:
+        src.last_audio = now.mono
+        self._started.append(src)
+        return self._encode(src, src.start(self.loop, now.mono), now)
+
+    # -- the batch ---------------------------------------------------------------------------
+
+    def handle(self, batch: list[Any], now: Now) -> list[bytes]:
+        out: list[bytes] = []
+        for src, item in batch:
+            out += self._encode(src, src.on_item(item, now.mono), now)
+        return out + self.tick(now)
+
+    def tick(self, now: Now) -> list[bytes]:
+        out: list[bytes] = []
+        if self.gated and (self.has_subscriber() or now.mono >= self.gate_deadline or self.wait_subscriber_s <= 0):
+            if not self.has_subscriber() and self.wait_subscriber_s > 0:
+                log.warning("no subscriber after %gs; publishing anyway", self.wait_subscriber_s)
+            for src in self.gated:
+                out += self._start(src, now)
+            self.gated = []
+        for src in self._started:
+            out += self._encode(src, src.tick(now.mono), now)
+        if now.mono >= self.next_heartbeat:
+            self.next_heartbeat = now.mono + self.heartbeat_s
+            out += self._heartbeats(now)
+            self._watchdog(now)
+        if not self.gated and all(s.done for s in self.sources) and not self.stop:
+            failed = [s.stream for s in self.sources if s.failed]
+            log.info("all sources ended%s; %s", f" ({', '.join(failed)} failed)" if failed else "",
+                     self.metrics.summary())
+            self.exit_code = 1 if failed else 0
+            self.stop.set()
+        return out
+
+    def wake_in(self, now: Now) -> float | None:
+        due = [d for d in (s.due_in(now.mono) for s in self._started) if d is not None]
+        due.append(self.next_heartbeat - now.mono)
+        if self.gated:
+            due.append(0.05 if self.wait_subscriber_s > 0 else 0.0)
+        return min(due)
+
+    def _encode(self, src: Source, chunks: list[Chunk], now: Now) -> list[bytes]:
+        if not chunks:
+            return []
+        src.last_audio = now.mono
+        out = []
+        t_out = time.time_ns()
+        for h, payload in chunks:
+            h.trace = [Hop(STAGE, now.wall_ns, t_out)]  # block in hand -> handed to ZeroMQ
+            out.append(encode_audio(Kind.RAW, h, payload))
             self.metrics.frame_out(h.stream)
-        else:
-            self.metrics.drop("send_queue_full")
-        if h.flags & Flag.OVERFLOW:
-            self.metrics.event("overflow")
-        if h.flags & Flag.DISCONTINUITY:
-            self.metrics.event("discontinuity")
+            if h.flags & Flag.OVERFLOW:
+                self.metrics.event("overflow")
+            if h.flags & Flag.DISCONTINUITY:
+                self.metrics.event("discontinuity")
+        return out
 
-    def _housekeeping(self, pub: Publisher, threads: list[SourceThread]) -> None:
-        now = time.monotonic()
-        for t in threads:
-            src = t.source
-            if not t.started or src.framer is None:
-                continue
-            if now >= t.next_heartbeat_mono:
-                t.next_heartbeat_mono = now + self.heartbeat_s
-                epoch, seq, offset = src.framer.position()
-                fmt = src.framer.fmt
-                hb = Header(
-                    kind=Kind.HEARTBEAT,
-                    stream=src.stream,
-                    epoch=epoch,
-                    seq=seq,
-                    t_capture_ns=time.time_ns(),
-                    rate=fmt.rate,
-                    channels=fmt.channels,
-                    format=fmt.format,
-                    frames=0,
-                    offset=offset,
-                    source=f"{src.description} [{src.state}]"[:256],
-                )
-                pub.send(encode(hb))
-            silent = now - t.last_audio_mono
-            if src.state not in ("ended", "failed") and silent >= self.watchdog_s and now >= t.next_watchdog_mono:
-                t.next_watchdog_mono = now + self.watchdog_s
-                log.warning("stream %s: no audio for %.0f s (%s)", src.stream, silent, src.state)
+    def _heartbeats(self, now: Now) -> list[bytes]:
+        out = []
+        for src in self._started:
+            epoch, seq, offset = src.framer.position()
+            fmt = src.framer.fmt
+            out.append(encode(Heartbeat(
+                stream=src.stream, epoch=epoch, next_seq=seq, next_offset=offset, t_ns=now.wall_ns, rate=fmt.rate,
+                channels=fmt.channels, format=SampleFormat(fmt.format), state=src.state,
+                source=src.description[:256],
+            )))
+        return out
+
+    def _watchdog(self, now: Now) -> None:
+        for src in self._started:
+            silent = now.mono - src.last_audio
+            if src.state is HeartbeatState.RUNNING and silent >= self.watchdog_s \
+                    and now.mono >= self.watch_next.get(src.stream, 0.0):
+                self.watch_next[src.stream] = now.mono + self.watchdog_s
+                log.warning("stream %s: no audio for %.0f s (%s)", src.stream, silent, src.state.value)
                 self.metrics.event("watchdog")
-        self.metrics.maybe_log_summary()
+
+    def finish(self, now: Now) -> list[bytes]:
+        for src in self.sources:
+            src.close()
+        return []
+
+    def summary(self) -> str:
+        return ""
+
+
+def run(sources: Sequence[Source], outputs: Sequence[str], sockopts: SocketOptions, metrics: StageMetrics,
+        chunk_ms: float, wait_subscriber_s: float = 10.0, heartbeat_s: float = 1.0, watchdog_s: float = 5.0,
+        health_file=None, stop: StopFlag | None = None) -> int:
+    """Run prepared sources and publish their chunks until they end or a signal stops it. Exit code."""
+    stop = stop if stop is not None else StopFlag()
+    sockopts.linger_ms = END_LINGER_MS  # let the last chunks leave at exit
+    with Runtime(STAGE, metrics, stop, health_file) as rt:
+        queue = SourceQueue(rt.poller)
+        rt.adopt(queue)
+        outbox = rt.outbox(outputs, sockopts)
+        logic = CaptureLogic(sources, queue.loop, metrics, stop, chunk_ms, lambda: bool(outbox.subscriptions),
+                             wait_subscriber_s, heartbeat_s, watchdog_s)
+        log.info("ready: %s -> %s", ", ".join(f"{s.stream}={s.description}" for s in sources), ", ".join(outputs))
+        try:
+            first = logic.begin(Now.read())
+            if first:
+                outbox.send_all(first)
+            rt.run(logic, queue, outbox)
+        finally:
+            for src in sources:  # also on an error: devices and subprocesses must not outlive us
+                src.close()
+    return logic.exit_code

@@ -24,18 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from capture.errors import CaptureError
-from common.protocol import MAX_STREAM_ID_LEN, SAMPLE_FORMATS
-
-
-class SpecError(CaptureError):
-    """A ``--source``/``--stream`` value the user has to fix; the message says how."""
+from common.errors import UserError
+from common.wire.messages import MAX_CHANNELS, MAX_RATE_HZ, MAX_STREAM_ID_LEN, is_name
 
 
 KINDS = ("file", "device", "loopback", "pipe", "url", "synth")
 SYNTH_WAVES = ("tone", "noise", "silence")
 PIPE_FORMATS = ("u8", "s8", "s16", "s24", "s32", "f32", "f64")
-_STREAM_OK = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
 @dataclass
@@ -49,24 +44,25 @@ class SourceSpec:
 
 
 def check_stream_id(stream: str) -> str:
-    """Validate a stream id (1-64 chars of ``A-Za-z0-9._:-``); returns it."""
-    if not stream or len(stream) > MAX_STREAM_ID_LEN or not _STREAM_OK.match(stream):
-        raise SpecError(
-            f"stream id {stream!r} must be 1-{MAX_STREAM_ID_LEN} characters of letters, digits, '.', '_', ':' or '-'."
+    """Validate a stream id (1-64 letters, digits, '.', '_', '-', not starting with '.' or '-'); returns it."""
+    if not stream or len(stream) > MAX_STREAM_ID_LEN or not is_name(stream):
+        raise UserError(
+            f"stream id {stream!r} must be 1-{MAX_STREAM_ID_LEN} letters, digits, '.', '_' or '-' (not starting "
+            "with '.' or '-')."
         )
     return stream
 
 
 def _slug(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return s[:MAX_STREAM_ID_LEN] or "src"
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:MAX_STREAM_ID_LEN]
+    return s if s and is_name(s) else "src"
 
 
 def _split_stream(text: str) -> tuple[str, str | None]:
     """'SPEC#ID' -> (SPEC, ID) when ID looks like a stream id; else (text, None)."""
     if "#" in text:
         head, _, tail = text.rpartition("#")
-        if head and _STREAM_OK.match(tail) and len(tail) <= MAX_STREAM_ID_LEN:
+        if head and tail and is_name(tail) and len(tail) <= MAX_STREAM_ID_LEN:
             return head, tail
     return text, None
 
@@ -98,12 +94,12 @@ def parse_spec(text: str) -> tuple[str, str, str | None]:
     if kind == "default":
         kind, arg = "device", arg
     if kind not in KINDS:
-        raise SpecError(
+        raise UserError(
             f"unknown source {text!r}: use file:PATH, device[:NAME], loopback[:SINK], pipe:FORMAT:RATE:CHANNELS, "
             f"url:URL or synth:tone[:HZ]|noise|silence (see docs/capture.md)."
         )
     if kind in ("file", "url") and not arg:
-        raise SpecError(f"source {text!r} needs a {'path' if kind == 'file' else 'URL'}: {kind}:...")
+        raise UserError(f"source {text!r} needs a {'path' if kind == 'file' else 'URL'}: {kind}:...")
     if kind == "pipe":
         parse_pipe_arg(arg)
     if kind == "synth":
@@ -115,16 +111,14 @@ def parse_pipe_arg(arg: str) -> tuple[str, int, int]:
     """'FORMAT:RATE:CHANNELS' -> (format, rate Hz, channels)."""
     parts = arg.split(":")
     if len(parts) != 3:
-        raise SpecError(f"pipe source needs pipe:FORMAT:RATE:CHANNELS, e.g. pipe:s16:16000:1; got pipe:{arg}.")
+        raise UserError(f"pipe source needs pipe:FORMAT:RATE:CHANNELS, e.g. pipe:s16:16000:1; got pipe:{arg}.")
     fmt, rate, ch = parts
     if fmt not in PIPE_FORMATS:
-        raise SpecError(f"pipe format {fmt!r} unknown; use one of {', '.join(PIPE_FORMATS)} (little-endian).")
-    if fmt not in SAMPLE_FORMATS:  # pragma: no cover - PIPE_FORMATS is a subset
-        raise SpecError(f"pipe format {fmt!r} unknown")
+        raise UserError(f"pipe format {fmt!r} unknown; use one of {', '.join(PIPE_FORMATS)} (little-endian).")
     try:
         r, c = int(rate), int(ch)
     except ValueError:
-        raise SpecError(f"pipe rate and channels must be integers, e.g. pipe:s16:16000:1; got pipe:{arg}.") from None
+        raise UserError(f"pipe rate and channels must be integers, e.g. pipe:s16:16000:1; got pipe:{arg}.") from None
     check_rate_channels(r, c, f"pipe:{arg}")
     return fmt, r, c
 
@@ -133,31 +127,29 @@ def parse_synth_arg(arg: str) -> tuple[str, float]:
     """'tone[:HZ]' | 'noise' | 'silence' -> (wave, frequency Hz)."""
     wave, _, freq = arg.partition(":")
     if wave not in SYNTH_WAVES:
-        raise SpecError(f"synth source must be synth:tone[:HZ], synth:noise or synth:silence; got synth:{arg}.")
+        raise UserError(f"synth source must be synth:tone[:HZ], synth:noise or synth:silence; got synth:{arg}.")
     if freq and wave != "tone":
-        raise SpecError(f"synth:{wave} takes no argument; got synth:{arg}.")
+        raise UserError(f"synth:{wave} takes no argument; got synth:{arg}.")
     try:
         hz = float(freq) if freq else 440.0
     except ValueError:
-        raise SpecError(f"tone frequency must be a number in Hz, e.g. synth:tone:440; got {freq!r}.") from None
+        raise UserError(f"tone frequency must be a number in Hz, e.g. synth:tone:440; got {freq!r}.") from None
     if not 0 < hz < 384_000:
-        raise SpecError(f"tone frequency {hz} Hz must be above 0 and below half the sample rate.")
+        raise UserError(f"tone frequency {hz} Hz must be above 0 and below half the sample rate.")
     return wave, hz
 
 
 def check_rate_channels(rate: int, channels: int, what: str) -> None:
-    from common.protocol import MAX_CHANNELS, MAX_RATE_HZ
-
     if not 1 <= rate <= MAX_RATE_HZ:
-        raise SpecError(f"{what}: rate {rate} Hz must be within 1..{MAX_RATE_HZ}.")
+        raise UserError(f"{what}: rate {rate} Hz must be within 1..{MAX_RATE_HZ}.")
     if not 1 <= channels <= MAX_CHANNELS:
-        raise SpecError(f"{what}: channels {channels} must be within 1..{MAX_CHANNELS}.")
+        raise UserError(f"{what}: channels {channels} must be within 1..{MAX_CHANNELS}.")
 
 
 def parse_sources(texts: list[str], streams: list[str]) -> list[SourceSpec]:
     """Parse every ``--source`` and assign unique stream ids (``#ID`` > ``--stream`` > derived)."""
     if len(streams) > len(texts):
-        raise SpecError(f"{len(streams)} --stream ids for {len(texts)} --source(s): give at most one per source.")
+        raise UserError(f"{len(streams)} --stream ids for {len(texts)} --source(s): give at most one per source.")
     specs: list[SourceSpec] = []
     used: set[str] = set()
     for i, text in enumerate(texts):
@@ -167,7 +159,7 @@ def parse_sources(texts: list[str], streams: list[str]) -> list[SourceSpec]:
         if explicit is not None:
             stream = check_stream_id(explicit)
             if stream in used:
-                raise SpecError(f"stream id {stream!r} is used by two sources; give each its own (SPEC#ID).")
+                raise UserError(f"stream id {stream!r} is used by two sources; give each its own (SPEC#ID).")
         else:
             base = default_stream_id(kind, arg)
             stream, n = base, 2
@@ -176,5 +168,5 @@ def parse_sources(texts: list[str], streams: list[str]) -> list[SourceSpec]:
         used.add(stream)
         specs.append(SourceSpec(kind, arg, stream, text))
     if sum(1 for s in specs if s.kind == "pipe") > 1:
-        raise SpecError("only one pipe: source per process (there is one stdin); run another capture for more.")
+        raise UserError("only one pipe: source per process (there is one stdin); run another capture for more.")
     return specs

@@ -1,4 +1,4 @@
 from classify.cli import register
-from common.cli import standalone
+from common.cli.main import standalone
 
 standalone(register, "classify")

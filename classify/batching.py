@@ -30,18 +30,14 @@ class BatchResult:
     cpu_s: float = 0.0  # process CPU time spent in the model
 
 
-def stack(windows: Sequence[np.ndarray]) -> torch.Tensor:
-    """(channels, frames) arrays -> one (batch, channels, frames) float32 tensor (numpy memory, no copy)."""
-    return torch.from_numpy(np.stack(windows))
-
-
-def run_batch(model: Model, windows: Sequence[np.ndarray], states: Sequence[StreamState | None]) -> BatchResult:
-    """Scores (labels,) for each window; a window whose forward raises gets None."""
+def run_batch(model: Model, windows: np.ndarray, states: Sequence[StreamState | None]) -> BatchResult:
+    """Scores (labels,) for each window of ``windows`` (batch, channels, window) float32;
+    a window whose forward raises gets None."""
     n = len(windows)
     labels = len(model.spec.labels)
     t0 = time.process_time()
     try:
-        out = as_output(model.forward(stack(windows), list(states)), n, labels)
+        out = as_output(model.forward(torch.from_numpy(windows), list(states)), n, labels)
         res = BatchResult(list(out.scores), out.extras or [{} for _ in range(n)])
     except Exception as batch_error:  # noqa: BLE001 - a model bug must not kill the worker
         if n == 1:
@@ -49,7 +45,7 @@ def run_batch(model: Model, windows: Sequence[np.ndarray], states: Sequence[Stre
         else:
             res = BatchResult([], [])
             for w, s in zip(windows, states):
-                one = run_batch(model, [w], [s])
+                one = run_batch(model, w[None], [s])
                 res.scores += one.scores
                 res.extras += one.extras
                 res.errors += one.errors

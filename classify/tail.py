@@ -1,15 +1,23 @@
-"""``soundbus tail``: print results as they arrive (no torch needed).
+"""``soundbus tail``: show results as they arrive (no torch needed).
 
-Three outputs: ``--json`` (one JSON object per result per line), plain lines (one per
-result), and on a terminal a live view per stream (level meter, current labels and
-scores per model, recent events, gaps, latency). Every line is flushed as it is written,
-so a pipe sees results as they happen.
+Outputs, each flushed as written so a pipe sees results as they happen:
+
+- on a terminal: a live view per stream (level meter, current labels per model, recent
+  events, gaps, latency), redrawn a few times a second;
+- otherwise (plain): what a person wants to read, not every window: a line when a label
+  starts, a line with its whole span when it stops (``speech 0.52-2.31 s (peak 1.00)``),
+  a line for every gap, and a short summary per stream every ``--summary-s`` and at its end;
+  ``--every-window`` prints one line per result instead;
+- ``--json``: one JSON object per result per line.
+
+Only validated fields reach the output: results are decoded against their Struct (finite
+scores in [0, 1], printable labels with no control characters), so nothing a publisher
+sends can break the JSON or write escape sequences to the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -17,152 +25,250 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import zmq
+import msgspec
 
-from common.cli import inputs_of, socket_options, stage_metrics, verbosity
-from common.protocol import Flag, Kind, Message, topic_for
-from common.sockets import open_sub
-from common.stage import Continuity, Receiver, SequenceTracker, StopFlag, setup_logging
+from common.cli.main import float_in, inputs_of, socket_options, stage_metrics, verbosity
+from common.observe.metrics import StageMetrics
+from common.runtime.stage import Now, Runtime, StopFlag, setup_logging
+from common.runtime.streams import Continuity, SeqCursor, StreamTable
+from common.wire.messages import Flag, Result
+from common.wire.topics import Kind, topic_for
+
+log = logging.getLogger("tail")
+NS = 1_000_000_000
 
 
-def _clock(ns: int) -> str:
+def clock(ns: int) -> str:
     """HH:MM:SS.mmm (UTC) of a wall-clock ns time."""
-    s, ns_rem = divmod(ns, 1_000_000_000)
-    return time.strftime("%H:%M:%S", time.gmtime(s)) + f".{ns_rem // 1_000_000:03d}"
+    s, rem = divmod(ns, NS)
+    return time.strftime("%H:%M:%S", time.gmtime(s)) + f".{rem // 1_000_000:03d}"
 
 
-def latency_ms(msg: Message) -> float | None:
+def latency_ms(r: Result) -> float | None:
     """Pipeline time from the first hop's input to the last hop's output (ms), from the trace."""
-    tr = msg.header.trace
-    if not tr:
+    if not r.trace:
         return None
-    return (tr[-1].t_out_ns - tr[0].t_in_ns) / 1e6
+    return (r.trace[-1].t_out_ns - r.trace[0].t_in_ns) / 1e6
 
 
-def as_record(msg: Message, t_recv_ns: int) -> dict[str, Any]:
-    """One result as a JSON-ready dict: header essentials + the result body + latencies."""
-    h = msg.header
-    body = msg.result()
-    rec: dict[str, Any] = {"stream": h.stream, "model": h.model, "epoch": h.epoch, "seq": h.seq}
-    rec.update(body)
-    rec["trace"] = [[hop.stage, hop.t_in_ns, hop.t_out_ns] for hop in h.trace]
-    lat = latency_ms(msg)
-    rec["latency_ms"] = round(lat, 3) if lat is not None else None
-    end = body.get("end_ns")
-    rec["age_ms"] = round((t_recv_ns - end) / 1e6, 3) if isinstance(end, int) else None
-    return rec
+def as_record(r: Result, t_recv_ns: int, missing: int = 0) -> dict[str, Any]:
+    """One result as a JSON-ready dict (every value validated, finite)."""
+    lat = latency_ms(r)
+    return {
+        "stream": r.stream, "model": r.model, "epoch": r.epoch, "seq": r.seq, "flags": r.flags,
+        "start_ns": r.start_ns, "end_ns": r.end_ns, "offset": r.offset, "rate": r.rate,
+        "seq_first": r.seq_first, "seq_last": r.seq_last,
+        "labels": [[lbl.name, lbl.score] for lbl in r.labels],
+        "events": [{"label": e.label, "state": e.state, "t_ns": e.t_ns, "score": e.score, "since_ns": e.since_ns}
+                   for e in r.events],
+        "lost_ns": r.lost_ns, "missing": missing,
+        "level": None if r.level is None else {"rms_dbfs": r.level.rms_dbfs, "peak_dbfs": r.level.peak_dbfs,
+                                                "clipped": r.level.clipped},
+        "final": r.final,
+        "trace": [[h.stage, h.t_in_ns, h.t_out_ns] for h in r.trace],
+        "latency_ms": None if lat is None else round(lat, 3),
+        "age_ms": round((t_recv_ns - r.end_ns) / 1e6, 3),
+    }
 
 
-def _labels_text(labels: Any, n: int = 3) -> str:
-    try:
-        return ", ".join(f"{lbl} {float(score):.2f}" for lbl, score in labels[:n])
-    except (TypeError, ValueError):
-        return "?"
+@dataclass
+class StreamTally:
+    """One stream and model as tail has seen it: continuity, gaps, current labels, recent events."""
+
+    cursor: SeqCursor = field(default_factory=SeqCursor)
+    origin_ns: int | None = None  # audio time of the epoch's first sample (for "0.52-2.31 s")
+    results: int = 0
+    missing: int = 0  # results that never arrived
+    lost_ns: int = 0  # audio lost upstream
+    labels: str = ""
+    events: deque = field(default_factory=lambda: deque(maxlen=4))
+    level: Any = None
+    clipped: int = 0
+    latency_ms: float | None = None
+    last_seen: float = 0.0
+    active: dict[str, float] = field(default_factory=dict)  # label -> seconds on, in this summary period
+    ended: bool = False
 
 
-def _events_text(events: Any) -> str:
-    try:
-        return " ".join(("+" if e["state"] == "start" else "-") + str(e["label"]) for e in events)
-    except (TypeError, KeyError):
-        return ""
+def labels_text(r: Result, n: int = 3) -> str:
+    return ", ".join(f"{lbl.name} {lbl.score:.2f}" for lbl in r.labels[:n]) or "-"
 
 
-def plain_line(rec: dict[str, Any]) -> str:
-    """``stream model HH:MM:SS.mmm-HH:MM:SS.mmm label score, ... [events] lat X ms``."""
-    span = ""
-    if isinstance(rec.get("start_ns"), int) and isinstance(rec.get("end_ns"), int):
-        span = f"{_clock(rec['start_ns'])}-{_clock(rec['end_ns'])} "
-    events = _events_text(rec.get("events") or [])
-    lat = rec.get("latency_ms")
-    parts = [f"{rec['stream']} {rec['model']} {span}{_labels_text(rec.get('labels') or [])}"]
-    if events:
-        parts.append(f"[{events}]")
-    if "rms_dbfs" in rec:
-        parts.append(f"rms {rec['rms_dbfs']:.1f} dBFS peak {rec.get('peak_dbfs', 0.0):.1f}")
+def every_window_line(r: Result, missing: int) -> str:
+    """``stream model HH:MM:SS.mmm-HH:MM:SS.mmm label score, ... [+start -stop] lat X ms``."""
+    parts = [f"{r.stream} {r.model} {clock(r.start_ns)}-{clock(r.end_ns)} {labels_text(r)}"]
+    if r.events:
+        parts.append("[" + " ".join(("+" if e.state == "start" else "-") + e.label for e in r.events) + "]")
+    if r.level is not None:
+        parts.append(f"rms {r.level.rms_dbfs:.1f} dBFS peak {r.level.peak_dbfs:.1f}")
+    if missing or r.lost_ns:
+        parts.append(f"GAP {missing} result(s) missing, {r.lost_ns / 1e9:.3f} s audio lost")
+    lat = latency_ms(r)
     if lat is not None:
         parts.append(f"lat {lat:.1f} ms")
     return " ".join(parts)
 
 
-@dataclass
-class StreamView:
-    """What the live view shows for one stream."""
+class TailLogic:
+    """Results in, text out (``out``); socket-free like every stage's logic."""
 
-    labels: dict[str, str] = field(default_factory=dict)  # model -> "label score, ..."
-    events: deque = field(default_factory=lambda: deque(maxlen=4))
-    rms_dbfs: float | None = None
-    peak_dbfs: float | None = None
-    clipped: int = 0
-    gaps: int = 0
-    latency_ms: float | None = None
-    last_seen: float = 0.0
+    def __init__(self, out: TextIO, mode: str, metrics: StageMetrics, stop: StopFlag, models: set[str],
+                 count: int | None = None, summary_s: float = 10.0, max_streams: int = 1024) -> None:
+        self.out, self.mode, self.metrics, self.stop = out, mode, metrics, stop
+        self.models, self.count, self.summary_s = models, count, summary_s
+        self.tallies: StreamTable[StreamTally] = StreamTable(max_streams, metrics, "stream/model pairs")
+        self.shown = 0
+        self.live = LiveView(self) if mode == "live" else None
+        self._json = msgspec.json.Encoder()
+        self._next_summary = time.monotonic() + summary_s
+
+    def handle(self, batch: list[Any], now: Now) -> list[bytes]:
+        for r in batch:
+            if not isinstance(r, Result) or (self.models and r.model not in self.models):
+                continue
+            key = f"{r.stream}/{r.model}"
+            t = self.tallies.admit(key, StreamTally)
+            if t is None:
+                continue
+            cont, missing = t.cursor.check(r.epoch, r.seq, bool(r.flags & Flag.DISCONTINUITY))
+            if cont is Continuity.STALE:
+                continue
+            if cont in (Continuity.FIRST, Continuity.NEW_EPOCH):
+                t.origin_ns = r.start_ns - r.offset * NS // r.rate
+            t.ended = False
+            if missing:
+                self.metrics.gap(key, missing)
+            self._show(r, t, missing, now)
+            self.shown += 1
+            if self.count and self.shown >= self.count:
+                self.stop.set()
+                break
+        self._flush()
+        return []
+
+    def _show(self, r: Result, t: StreamTally, missing: int, now: Now) -> None:
+        t.results += 1
+        t.missing += missing
+        t.lost_ns += r.lost_ns
+        t.last_seen = now.mono
+        t.labels = labels_text(r)
+        t.latency_ms = latency_ms(r)
+        if r.level is not None:
+            t.level = r.level
+            t.clipped += r.level.clipped
+        for e in r.events:
+            t.events.append(f"{clock(e.t_ns)} {'▲' if e.state == 'start' else '▼'}{e.label} ({r.model})")
+        if self.mode == "json":
+            self.out.write(self._json.encode(as_record(r, now.wall_ns, missing)).decode() + "\n")
+        elif self.mode == "windows":
+            self.out.write(every_window_line(r, missing) + "\n")
+        elif self.mode == "plain":
+            self._plain(r, t, missing)
+        elif self.live is not None:
+            self.live.refresh()
+
+    def _plain(self, r: Result, t: StreamTally, missing: int) -> None:
+        """Starts, whole spans at their stop, gaps, and a summary at the end of the stream."""
+        who = f"{r.stream} {r.model}:"
+        if missing or r.lost_ns:
+            what = []
+            if missing:
+                what.append(f"{missing} result(s) missing")
+            if r.lost_ns:
+                what.append(f"{r.lost_ns / 1e9:.3f} s of audio lost upstream")
+            self.out.write(f"{clock(r.start_ns)} {who} GAP {', '.join(what)}\n")
+        rel = (lambda ns: (ns - t.origin_ns) / 1e9) if t.origin_ns is not None else (lambda ns: 0.0)
+        for e in r.events:
+            if e.state == "start":
+                self.out.write(f"{clock(e.t_ns)} {who} {e.label} started at {rel(e.t_ns):.2f} s ({e.score:.2f})\n")
+            else:
+                dur = (e.t_ns - e.since_ns) / 1e9
+                t.active[e.label] = t.active.get(e.label, 0.0) + dur
+                self.out.write(f"{clock(e.t_ns)} {who} {e.label} {rel(e.since_ns):.2f}-{rel(e.t_ns):.2f} s "
+                               f"(peak {e.score:.2f})\n")
+        if r.final:
+            t.ended = True
+            self.out.write(self._summary_line(r.stream, r.model, t, "ended") + "\n")
+
+    def _summary_line(self, stream: str, model: str, t: StreamTally, why: str) -> str:
+        on = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(t.active.items())) or "no events"
+        gaps = f"; {t.missing} result(s) missing, {t.lost_ns / 1e9:.3f} s lost" if t.missing or t.lost_ns else ""
+        return f"{clock(time.time_ns())} {stream} {model}: {why}: {t.results} windows; {on}; now {t.labels}{gaps}"
+
+    def tick(self, now: Now) -> list[bytes]:
+        if self.mode == "plain" and now.mono >= self._next_summary:
+            self._next_summary = now.mono + self.summary_s
+            for key, t in self.tallies.items():
+                if now.mono - t.last_seen < self.summary_s and not t.ended:
+                    stream, model = key.split("/", 1)
+                    self.out.write(self._summary_line(stream, model, t, "summary") + "\n")
+            self._flush()
+        return []
+
+    def _flush(self) -> None:
+        try:
+            self.out.flush()
+        except BrokenPipeError:  # `soundbus tail | head`: the reader left
+            self.stop.set()
+
+    def wake_in(self, now: Now) -> float | None:
+        return None
+
+    def finish(self, now: Now) -> list[bytes]:
+        if self.live is not None:
+            self.live.stop()
+        return []
+
+    def summary(self) -> str:
+        return f"shown={self.shown}"
 
 
 class LiveView:
     """A rich table, one row per stream, redrawn a few times a second."""
 
-    def __init__(self, console: Any = None) -> None:
+    def __init__(self, logic: TailLogic) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.streams: dict[str, StreamView] = {}
-        self.console = console or Console()
-        self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
-
-    def start(self) -> None:
+        self.logic = logic
+        self.console = Console()
+        self.live = Live(self.render(), console=self.console, refresh_per_second=8, transient=False)
         self.live.start()
+
+    def refresh(self) -> None:
+        self.live.update(self.render())
 
     def stop(self) -> None:
         self.live.stop()
 
-    def update(self, rec: dict[str, Any], gaps: int) -> None:
-        v = self.streams.setdefault(rec["stream"], StreamView())
-        v.last_seen = time.monotonic()
-        v.gaps += gaps
-        if "rms_dbfs" in rec:
-            v.rms_dbfs, v.peak_dbfs = rec.get("rms_dbfs"), rec.get("peak_dbfs")
-            v.clipped += int(rec.get("clipped", 0) or 0)
-        else:
-            v.labels[rec["model"]] = _labels_text(rec.get("labels") or [])
-        for e in rec.get("events") or []:
-            if isinstance(e, dict) and isinstance(e.get("t_ns"), int):
-                mark = "▲" if e.get("state") == "start" else "▼"
-                v.events.append(f"{_clock(e['t_ns'])} {mark}{e.get('label')} ({rec['model']})")
-        if rec.get("latency_ms") is not None:
-            v.latency_ms = rec["latency_ms"]
-        self.live.update(self._render())
-
     def render(self):
-        """The table as it is now (a rich renderable)."""
-        return self._render()
-
-    def _render(self):
         from rich.table import Table
         from rich.text import Text
 
         t = Table(title="soundbus tail", expand=True)
-        for col in ("stream", "level", "labels", "events", "gaps", "latency"):
+        for col in ("stream / model", "level", "labels", "events", "gaps", "latency"):
             t.add_column(col)
-        for name, v in sorted(self.streams.items()):
+        now = time.monotonic()
+        for key, v in sorted(self.logic.tallies.items()):
+            gaps = f"{v.missing} missing, {v.lost_ns / 1e9:.2f} s lost" if v.missing or v.lost_ns else "0"
             t.add_row(
-                name + (" (silent)" if time.monotonic() - v.last_seen > 3 else ""),
-                _meter(v.rms_dbfs, v.peak_dbfs, v.clipped),
-                Text("\n".join(f"{m}: {txt}" for m, txt in sorted(v.labels.items()))),
+                Text(key + (" (silent)" if now - v.last_seen > 3 else "")),
+                meter(v.level, v.clipped),
+                Text(v.labels),
                 Text("\n".join(v.events)),
-                str(v.gaps),
+                gaps,
                 f"{v.latency_ms:.1f} ms" if v.latency_ms is not None else "-",
             )
         return t
 
 
-def _meter(rms: float | None, peak: float | None, clipped: int, width: int = 20) -> str:
+def meter(level: Any, clipped: int, width: int = 20) -> str:
     """A text level meter from -60 to 0 dBFS (needs a ``level`` model running)."""
-    if rms is None:
+    if level is None:
         return "-"
-    filled = max(0, min(width, int((rms + 60.0) / 60.0 * width)))
+    filled = max(0, min(width, int((level.rms_dbfs + 60.0) / 60.0 * width)))
     bar = "█" * filled + "·" * (width - filled)
-    clip = " CLIP" if clipped else ""
-    return f"{bar} {rms:5.1f} dB (peak {peak:.1f}){clip}"
+    return f"{bar} {level.rms_dbfs:5.1f} dB (peak {level.peak_dbfs:.1f}){' CLIP' if clipped else ''}"
 
 
 def _prefixes(streams: list[str] | None, models: list[str] | None) -> list[bytes]:
@@ -174,61 +280,40 @@ def _prefixes(streams: list[str] | None, models: list[str] | None) -> list[bytes
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Subscribe to results and print them until Ctrl-C (or ``--count`` results)."""
+    """Subscribe to results and show them until Ctrl-C (or ``--count`` results)."""
     out = out or sys.stdout
-    live_view = out.isatty() and not args.json and not args.plain
+    mode = "json" if args.json else "windows" if args.every_window else \
+        "live" if out.isatty() and not args.plain else "plain"
     # The live view owns the terminal: log lines on the same terminal would tear it, so there
     # only warnings are logged. Logs to a pipe (soundbus up reads them) stay as they are.
-    quiet = live_view and sys.stderr.isatty() and not args.verbose
+    quiet = mode == "live" and sys.stderr.isatty() and not args.verbose
     setup_logging(-1 if quiet else verbosity(args))
-    stop = StopFlag()
+    inputs, sockopts = inputs_of(args), socket_options(args)
     metrics = stage_metrics(args, "tail")
-    ctx = zmq.Context()
-    sock = open_sub(ctx, inputs_of(args), _prefixes(args.stream, args.model), socket_options(args))
-    receiver = Receiver([sock], metrics)
-    logging.getLogger("tail").info("ready inputs=%s", ",".join(inputs_of(args)))
-    tracker = SequenceTracker(metrics)
-    models = set(args.model or [])
-    live = LiveView() if live_view else None
-    shown = 0
-    try:
-        if live:
-            live.start()
-        while not stop:
-            msg = receiver.recv(100)
-            if msg is None or msg.header.kind != Kind.RESULT:
-                continue
-            h = msg.header
-            if models and h.model not in models:
-                continue
-            cont, missing = tracker.check(f"{h.stream}/{h.model}", h.epoch, h.seq, bool(h.flags & Flag.DISCONTINUITY))
-            if cont is Continuity.STALE:
-                continue
-            rec = as_record(msg, time.time_ns())
-            if live:
-                live.update(rec, missing)
-            elif args.json:
-                out.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                out.flush()
-            else:
-                out.write(plain_line(rec) + "\n")
-                out.flush()
-            shown += 1
-            if args.count and shown >= args.count:
-                break
-    except BrokenPipeError:  # `soundbus tail | head`: the reader left
-        pass
-    finally:
-        if live:
-            live.stop()
-        receiver.close()
-        sock.close()
-        ctx.term()
+    stop = StopFlag()
+    with Runtime("tail", metrics, stop, args.health_file) as rt:
+        inbox = rt.inbox(inputs, _prefixes(args.stream, args.model), sockopts)
+        logic = TailLogic(out, mode, metrics, stop, set(args.model or []), args.count, args.summary_s,
+                          args.max_streams)
+        log.info("ready inputs=%s", ",".join(inputs))
+        rt.run(logic, inbox, None)
     return 0
+
+
+def register_flags(t: argparse.ArgumentParser) -> None:
+    """tail's own flags (the shared ones come from common.cli.main.add_stage_options)."""
+    t.add_argument("--json", action="store_true", help="one JSON object per result per line")
+    t.add_argument("--every-window", action="store_true", help="one plain line per result (every model window)")
+    t.add_argument("--stream", action="append", metavar="S", help="only this stream (repeatable)")
+    t.add_argument("--model", action="append", metavar="M", help="only this model (repeatable)")
+    t.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    t.add_argument("--count", type=int, metavar="N", help="exit after N results")
+    t.add_argument("--summary-s", type=float_in(0.5, 86400, "s"), default=10.0, metavar="S",
+                   help="plain output: a summary line per stream every S seconds (default 10)")
 
 
 if __name__ == "__main__":  # python -m classify.tail ARGS == soundbus tail ARGS
     from classify.cli import register
-    from common.cli import standalone
+    from common.cli.main import standalone
 
     standalone(register, "tail")

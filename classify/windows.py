@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.protocol import Hop
+from common.wire.messages import Hop
 
 NS = 1_000_000_000
 

@@ -1,4 +1,4 @@
-from common.cli import standalone
+from common.cli.main import standalone
 from convert.cli import register
 
 standalone(register, "convert")

@@ -11,10 +11,10 @@ formats are converted to float32 first and then multiplied by a power of two, wh
 exact, so every output is the correctly rounded float32 of ``x / full_scale`` (s32 is the
 only format with more bits than float32 has; it rounds once, to nearest).
 
-Stored layouts: ``interleaved`` is (frames, channels), ``planar`` is (channels, frames).
-:func:`to_float32` returns (channels, frames) C-contiguous for library users and tests;
+Stored layouts: ``interleaved`` is (samples, channels), ``planar`` is (channels, samples).
+:func:`to_float32` returns (channels, samples) C-contiguous for library users and tests;
 :func:`select_float32` is the stage's hot path: it downmixes or selects channels *before*
-anything else touches the samples and returns what soxr wants, (frames,) or (frames, K).
+anything else touches the samples and returns what soxr wants, (samples,) or (samples, K).
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.protocol import LAYOUTS, SAMPLE_FORMATS
+# Format -> (numpy dtype of one stored sample, bytes per sample); s24 is read as bytes.
+SAMPLE_FORMATS: dict[str, tuple[str, int]] = {
+    "s8": ("i1", 1), "u8": ("u1", 1), "s16": ("<i2", 2), "s24": ("V3", 3),
+    "s32": ("<i4", 4), "f32": ("<f4", 4), "f64": ("<f8", 8),
+}
+LAYOUTS = ("interleaved", "planar")
 
 # Format -> (full scale divisor, offset subtracted before scaling); floats have none.
 FULL_SCALE: dict[str, int] = {"s8": 2**7, "u8": 2**7, "s16": 2**15, "s24": 2**23, "s32": 2**31}
@@ -79,8 +84,8 @@ class ChannelMap:
             )
 
 
-def stored_samples(payload: bytes | memoryview, fmt: str, channels: int, frames: int, layout: str) -> np.ndarray:
-    """A zero-copy view of the payload in its stored layout: (frames, channels) or (channels, frames).
+def stored_samples(payload: bytes | memoryview, fmt: str, channels: int, samples: int, layout: str) -> np.ndarray:
+    """A zero-copy view of the payload in its stored layout: (samples, channels) or (channels, samples).
 
     s24 is widened to int32 holding ``x * 256`` (bytes placed in the top three bytes), so it
     shares the s32 scaling path and keeps its sign; this is the one format that copies.
@@ -89,12 +94,12 @@ def stored_samples(payload: bytes | memoryview, fmt: str, channels: int, frames:
         raise FormatError("bad_format", f"unknown sample format {fmt!r}")
     if layout not in LAYOUTS:
         raise FormatError("bad_layout", f"unknown layout {layout!r}")
-    if channels < 1 or frames < 0:
-        raise FormatError("bad_channels", f"channels={channels} frames={frames}")
+    if channels < 1 or samples < 0:
+        raise FormatError("bad_channels", f"channels={channels} samples={samples}")
     dtype, width = SAMPLE_FORMATS[fmt]
-    if len(payload) != frames * channels * width:
+    if len(payload) != samples * channels * width:
         raise FormatError(
-            "payload_length", f"{len(payload)} bytes != {frames} frames x {channels} ch x {width} B"
+            "payload_length", f"{len(payload)} bytes != {samples} samples x {channels} ch x {width} B"
         )
     if fmt == "s24":
         packed = np.frombuffer(payload, dtype=np.uint8).reshape(-1, 3)
@@ -104,8 +109,8 @@ def stored_samples(payload: bytes | memoryview, fmt: str, channels: int, frames:
     else:
         flat = np.frombuffer(payload, dtype=dtype)
     if layout == "interleaved":
-        return flat.reshape(frames, channels)
-    return flat.reshape(channels, frames)
+        return flat.reshape(samples, channels)
+    return flat.reshape(channels, samples)
 
 
 def _scale(fmt: str) -> float:
@@ -130,7 +135,7 @@ def _one_channel(x: np.ndarray, fmt: str, gain: float) -> np.ndarray:
 
 
 def _mean(x: np.ndarray, axis: int, fmt: str, gain: float) -> np.ndarray:
-    """Mean over channels of a stored block -> float32 (frames,)."""
+    """Mean over channels of a stored block -> float32 (samples,)."""
     n = x.shape[axis]
     exact32 = fmt in _SUM_EXACT_F32 and n <= 256
     # One contiguous cast, then column adds: casting inside a strided add, or numpy's reduce
@@ -154,7 +159,7 @@ def select_float32(
 ) -> np.ndarray:
     """Hot path: stored samples -> float32 ready for the resampler, channels mapped first.
 
-    Returns (frames,) when one output channel remains, else (frames, K) C-contiguous
+    Returns (samples,) when one output channel remains, else (samples, K) C-contiguous
     (the layout soxr takes). ``gain`` is linear.
     """
     ch_axis = 1 if layout == "interleaved" else 0
@@ -168,9 +173,9 @@ def select_float32(
         return _one_channel(col, fmt, gain)
     idx = list(cmap.indices) if cmap.mode == "select" else None
     if ch_axis == 1:
-        block = stored if idx is None else stored[:, idx]  # (frames, K)
+        block = stored if idx is None else stored[:, idx]  # (samples, K)
     else:
-        block = (stored if idx is None else stored[idx]).T  # (channels, frames) -> (frames, K) view
+        block = (stored if idx is None else stored[idx]).T  # (channels, samples) -> (samples, K) view
     y = np.array(block, dtype=np.float32, order="C")  # always a new, writable array
     off = _OFFSET.get(fmt)
     if off:
@@ -181,14 +186,14 @@ def select_float32(
     return y
 
 
-def to_float32(payload: bytes | memoryview, fmt: str, channels: int, frames: int, layout: str) -> np.ndarray:
-    """Decode a raw payload to float32 shaped (channels, frames), C-contiguous, full-scale scaled.
+def to_float32(payload: bytes | memoryview, fmt: str, channels: int, samples: int, layout: str) -> np.ndarray:
+    """Decode a raw payload to float32 shaped (channels, samples), C-contiguous, full-scale scaled.
 
     The correct version of the seed article's ``recording / max(abs(recording))``:
     fixed scaling, samples on the last axis.
     """
-    stored = stored_samples(payload, fmt, channels, frames, layout)
-    planar = stored.T if layout == "interleaved" else stored  # (channels, frames) view
+    stored = stored_samples(payload, fmt, channels, samples, layout)
+    planar = stored.T if layout == "interleaved" else stored  # (channels, samples) view
     y = np.array(planar, dtype=np.float32, order="C")
     off = _OFFSET.get(fmt)
     if off:
@@ -200,14 +205,14 @@ def to_float32(payload: bytes | memoryview, fmt: str, channels: int, frames: int
 
 
 def from_float32(x: np.ndarray, fmt: str, layout: str = "planar") -> bytes:
-    """Inverse of :func:`to_float32` for values on the format's grid: (channels, frames) float -> bytes.
+    """Inverse of :func:`to_float32` for values on the format's grid: (channels, samples) float -> bytes.
 
     Values are rounded to the nearest step and clipped to the format's range. Used by
-    tests and tools that synthesise raw frames.
+    tests and tools that synthesise raw samples.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"expected (channels, frames), got shape {x.shape}")
+        raise ValueError(f"expected (channels, samples), got shape {x.shape}")
     arr = x.T if layout == "interleaved" else x  # stored order
     if fmt in FLOAT_FORMATS:
         return np.ascontiguousarray(arr, dtype=SAMPLE_FORMATS[fmt][0]).tobytes()

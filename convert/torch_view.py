@@ -1,14 +1,14 @@
-"""A received tensor message as a ``torch.Tensor`` (channels, frames), without copying.
+"""A received tensor message as a ``torch.Tensor`` (channels, samples), without copying.
 
 The correct version of what the seed article tried to write: torchaudio has no
-``Waveform`` class; a waveform is a float32 tensor shaped (channels, frames) with its
+``Waveform`` class; a waveform is a float32 tensor shaped (channels, samples) with its
 sample rate carried alongside::
 
-    from common.protocol import decode
+    from common.wire import decode
     from convert.torch_view import to_torch
 
-    msg = decode(sock.recv_multipart(copy=False))
-    wave, rate = to_torch(msg)          # wave.shape == (channels, frames), float32
+    msg = decode(sock.recv())
+    wave, rate = to_torch(msg)          # wave.shape == (channels, samples), float32
     scores = model(wave, rate)
 
 torch is imported on first call, so ``convert`` itself never needs it. The tensor shares
@@ -22,31 +22,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.protocol import Kind, Message
+from common.wire.codec import Audio
+from common.wire.topics import Kind
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def to_numpy(msg: Message) -> tuple[np.ndarray, int]:
-    """(float32 array (channels, frames) viewing the payload, sample rate in Hz)."""
+def to_numpy(msg: Audio) -> tuple[np.ndarray, int]:
+    """(float32 array (channels, samples) viewing the payload, sample rate in Hz)."""
+    if not isinstance(msg, Audio) or msg.kind is not Kind.TENSOR:
+        raise ValueError(f"expected a tensor message, got {type(msg).__name__} {getattr(msg, 'kind', '')}")
     h = msg.header
-    if h.kind is not Kind.TENSOR or h.format != "f32" or h.layout != "planar":
-        raise ValueError(
-            f"expected a tensor message (f32, planar), got kind={h.kind.value} format={h.format} layout={h.layout}"
-        )
-    arr = np.frombuffer(msg.payload, dtype="<f4").reshape(h.channels, h.frames)
+    arr = np.frombuffer(msg.payload, dtype="<f4").reshape(h.channels, h.samples)
     if not arr.flags.aligned:  # tiny ZeroMQ messages may live unaligned inside the message struct
         arr = arr.copy()
     return arr, h.rate
 
 
-def to_torch(msg: Message) -> tuple["torch.Tensor", int]:
-    """(torch.float32 tensor (channels, frames) sharing the payload's memory, sample rate in Hz)."""
+def to_torch(msg: Audio) -> tuple["torch.Tensor", int]:
+    """(torch.float32 tensor (channels, samples) sharing the payload's memory, sample rate in Hz)."""
     import torch
 
     arr, rate = to_numpy(msg)
     with warnings.catch_warnings():
-        # A received ZeroMQ frame is read-only; torch warns that tensors are not.
+        # A received ZeroMQ message is read-only; torch warns that tensors are not.
         warnings.filterwarnings("ignore", message=".*not writable.*")
         return torch.from_numpy(arr), rate

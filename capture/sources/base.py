@@ -1,20 +1,28 @@
-"""What every source shares: options, state reported to the runner, pacing and backoff.
+"""What every source shares: options, its state, its framer, pacing and backoff.
 
-A source is prepared in the main thread (so a user's mistake fails before anything
-runs, with one clear sentence) and then runs in its own thread, writing samples into
-its :class:`~capture.framer.StreamFramer`. It never touches a socket: the runner's
-thread publishes whatever the framers emit.
+A source is prepared in the main thread (so a user's mistake fails before anything runs,
+with one clear sentence), then driven by capture's one loop (capture.runner); it never
+touches a socket and runs no thread of its own:
+
+- paced sources (file, synth) produce audio in ``tick`` when it is due by the loop's clock;
+- fd sources (pipe, ffmpeg) register their file descriptors with the loop's poller and read
+  what is there when it is readable;
+- device sources get blocks from PortAudio's callback through the loop's queue (``on_item``).
+
+Each call returns the finished chunks (``(AudioHeader, payload)``) of its framer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from capture.framer import StreamFormat, StreamFramer
+from capture.framer import Chunk, StreamFormat, StreamFramer
 from capture.spec import SourceSpec
-from common.stage import StopFlag
+from common.wire.messages import HeartbeatState
 
 log = logging.getLogger("capture")
 
@@ -23,7 +31,7 @@ log = logging.getLogger("capture")
 class CaptureOptions:
     """Flags that apply to every source. ``rate``/``channels``/``format`` None: the source's own."""
 
-    frame_ms: float = 20.0
+    chunk_ms: float = 20.0
     fast: bool = False  # files and synth: as fast as possible instead of real time
     loop: bool = False  # finite sources: start over (new epoch) at the end
     rate: int | None = None
@@ -34,8 +42,16 @@ class CaptureOptions:
     duration_s: float | None = None  # synth: stop after this long (END flag)
 
 
+class Loop:
+    """What the capture loop lends a source: its poller (for fds) and its queue (for other threads)."""
+
+    def __init__(self, watch: Callable[[int, Callable[[], None]], None], unwatch: Callable[[int], None],
+                 put: Callable[[Any], None]) -> None:
+        self.watch, self.unwatch, self.put = watch, unwatch, put
+
+
 class Source:
-    """Base class. Subclasses set ``fmt`` in :meth:`prepare` and implement :meth:`run`.
+    """Base class. Subclasses set ``fmt`` in :meth:`prepare` and implement :meth:`start`.
 
     ``live``: capture starts at once (devices); otherwise the source waits for the first
     subscriber (or --wait-subscriber seconds) so nothing is published into the void.
@@ -52,40 +68,56 @@ class Source:
         self.fmt = StreamFormat(16000, 1, "s16")  # replaced in prepare()
         self.description = spec.text
         self.framer: StreamFramer | None = None
-        self.state = "new"  # new / running / reconnecting / ended / failed
+        self.state = HeartbeatState.WAITING
         self._why = ""
         self.restarts = 0
+        self.failed = False
+        self.last_audio = 0.0  # time.monotonic() of its newest chunk
 
     def prepare(self) -> None:
-        """Check everything the user asked for; raise CaptureError with what to do. Main thread."""
+        """Check everything the user asked for; raise UserError with what to do. Main thread."""
 
-    def run(self, stop: StopFlag) -> None:
-        """Thread body: produce samples into ``self.framer`` until the end or ``stop``."""
+    def start(self, loop: Loop, now: float) -> list[Chunk]:
+        """Begin producing (open the device, start ffmpeg, register an fd)."""
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Release OS resources (streams, subprocesses). Safe to call twice."""
+    def on_item(self, item: Any, now: float) -> list[Chunk]:
+        """A block this source put on the loop's queue (devices, readers)."""
+        return []
 
-    def set_state(self, state: str, why: str = "") -> None:
+    def tick(self, now: float) -> list[Chunk]:
+        """Timers: pacing, reopening, watchdogs. ``now``: time.monotonic()."""
+        return []
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until :meth:`tick` has work (None: nothing scheduled)."""
+        return None
+
+    def close(self) -> None:
+        """Release OS resources (streams, subprocesses, fds). Safe to call twice."""
+
+    @property
+    def done(self) -> bool:
+        return self.state in (HeartbeatState.ENDED, HeartbeatState.FAILED)
+
+    def set_state(self, state: HeartbeatState, why: str = "") -> None:
         """Record and log a state change (also a repeated state with a new reason, e.g. each retry)."""
         if (state, why) != (self.state, self._why):
-            level = logging.WARNING if state in ("reconnecting", "failed") else logging.INFO
-            log.log(level, "stream %s: %s%s", self.stream, state, f" ({why})" if why else "")
+            level = logging.WARNING if state in (HeartbeatState.RECONNECTING, HeartbeatState.FAILED) else logging.INFO
+            log.log(level, "stream %s: %s%s", self.stream, state.value, f" ({why})" if why else "")
         self.state, self._why = state, why
+        if state is HeartbeatState.FAILED:
+            self.failed = True
 
 
 class Pacer:
-    """Real-time pacing for sources that could go faster (files, synth).
-
-    Data for samples [0, n) is released when n / rate seconds have passed since start,
-    i.e. when the last sample "would have been captured".
-    """
+    """Real-time pacing for sources that could go faster (files, synth): data for samples
+    [0, n) is due when n / rate seconds have passed since start."""
 
     def __init__(self, rate: int, fast: bool) -> None:
         self.rate = rate
         self.fast = fast
-        self.start_mono = time.monotonic()
-        self.start_wall_ns = time.time_ns()
+        self.restart()
 
     def restart(self) -> None:
         self.start_mono = time.monotonic()
@@ -95,17 +127,9 @@ class Pacer:
         """Wall-clock ns assigned to sample ``offset`` (start time + offset / rate)."""
         return self.start_wall_ns + offset * 1_000_000_000 // self.rate
 
-    def wait_until(self, end_offset: int, stop: StopFlag) -> bool:
-        """Sleep until sample ``end_offset`` is due; False if stopped meanwhile."""
-        if self.fast:
-            return not stop
-        due = self.start_mono + end_offset / self.rate
-        while True:
-            left = due - time.monotonic()
-            if left <= 0:
-                return not stop
-            if stop.wait(min(left, 0.2)):
-                return False
+    def due_in(self, end_offset: int, now: float) -> float:
+        """Seconds until sample ``end_offset`` is due (<= 0: now)."""
+        return 0.0 if self.fast else self.start_mono + end_offset / self.rate - now
 
 
 class Backoff:
@@ -118,16 +142,16 @@ class Backoff:
     def reset(self) -> None:
         self.next_s = self.first_s
 
-    def wait(self, stop: StopFlag) -> bool:
-        """Sleep the current delay, double it; False if stopped meanwhile."""
+    def next_delay(self) -> float:
+        """The delay to wait now; the one after doubles."""
         delay = self.next_s
         self.next_s = min(self.next_s * 2, self.max_s)
-        return not stop.wait(delay)
+        return delay
 
 
 def split_whole_frames(pending: bytes, chunk: bytes, bytes_per_frame: int) -> tuple[bytes, bytes]:
-    """(whole frames, remainder) of ``pending + chunk``: a byte stream (pipe, ffmpeg) cut at frame
-    boundaries, the partial frame carried to the next read."""
+    """(whole sample frames, remainder) of ``pending + chunk``: a byte stream (pipe, ffmpeg) cut
+    at sample-frame boundaries, the partial one carried to the next read."""
     data = pending + chunk
     whole = len(data) - len(data) % bytes_per_frame
     return data[:whole], data[whole:]
@@ -151,9 +175,9 @@ class ArrivalClock:
         self.rate = rate or self.rate
         self.anchor_ns = None
 
-    def t_of(self, offset: int, frames: int, arrival_ns: int) -> int:
-        """Wall-clock ns of sample ``offset`` for a block of ``frames`` samples that arrived at ``arrival_ns``."""
-        end_ns = (offset + frames) * 1_000_000_000 // self.rate
+    def t_of(self, offset: int, samples: int, arrival_ns: int) -> int:
+        """Wall-clock ns of sample ``offset`` for a block of ``samples`` that arrived at ``arrival_ns``."""
+        end_ns = (offset + samples) * 1_000_000_000 // self.rate
         if self.anchor_ns is None:
             self.anchor_ns = arrival_ns - end_ns
         elif arrival_ns - (self.anchor_ns + end_ns) > self.slack_ns:

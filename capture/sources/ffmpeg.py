@@ -5,41 +5,46 @@ soundbus reads PCM from its stdout. ffmpeg writes a WAV stream (``-f wav``), so 
 header tells the rate, channels and format exactly (``--rate``/``--channels`` resample or
 remix in ffmpeg; ``--format`` picks s16/s32/f32, default s16).
 
-Local files (a path or ``file://``) are read in real time (``-re``) unless ``--fast``;
-network streams arrive in real time by themselves. Capture time: arrival time of the
-first bytes + offset/rate (ArrivalClock, re-anchored if the stream stalls).
+ffmpeg's stdout and stderr are read by capture's loop when its poller says they are
+readable (no threads). Local files (a path or ``file://``) are read in real time (``-re``)
+unless ``--fast``; network streams arrive in real time by themselves. Capture time:
+arrival time of the first bytes + offset/rate (ArrivalClock, re-anchored if it stalls).
 
-ffmpeg exiting 0 means the stream ended: the last frame is flagged END and the source
+ffmpeg exiting 0 means the stream ended: the last chunk is flagged END and the source
 ends (``--loop`` restarts it). Exiting non-zero, or no audio for ``--watchdog`` seconds,
 means trouble: ffmpeg is (killed and) restarted with exponential backoff, a new epoch
-each time, while heartbeats go on.
+each time, while heartbeats go on. An error that no retry can fix (ffmpeg says the
+protocol does not exist, or the input is not found) fails the source at once, with
+ffmpeg's own words.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import select
 import shutil
 import signal
 import struct
 import subprocess
-import threading
 import time
 from urllib.parse import urlparse
 
-from capture.errors import CaptureError
-from capture.framer import StreamFormat
-from capture.sources.base import ArrivalClock, Backoff, Source, log, split_whole_frames
-from common.stage import StopFlag
+from capture.framer import Chunk, StreamFormat
+from capture.sources.base import ArrivalClock, Backoff, Loop, Source, log, split_whole_frames
+from common.errors import UserError
+from common.wire.messages import MAX_CHANNELS, MAX_RATE_HZ, HeartbeatState
 
 CODECS = {"s16": "pcm_s16le", "s32": "pcm_s32le", "f32": "pcm_f32le"}
 READ_BYTES = 1 << 16
 RW_TIMEOUT_US = 10_000_000  # ffmpeg gives up on a network read after 10 s (then we restart it)
+MAX_HEADER_BYTES = 1 << 20
+# ffmpeg messages after which restarting cannot help (checked against its stderr)
+PERMANENT = ("Protocol not found", "No such file or directory", "Invalid data found when processing input",
+             "does not contain any stream", "Output file #0 does not contain", "matches no streams")
 
 
-class StreamEnded(Exception):
-    """ffmpeg closed its output."""
+class NeedMore(Exception):
+    """The WAV header is not complete yet."""
 
 
 def wav_format(tag: int, bits: int) -> str:
@@ -51,30 +56,39 @@ def wav_format(tag: int, bits: int) -> str:
     return fmt
 
 
-def parse_wav_header(read_exact) -> StreamFormat:
-    """Read a streamed WAV header up to the start of its data chunk.
+def parse_wav_header(buf: bytes) -> tuple[StreamFormat, int]:
+    """(format, bytes of header) of a streamed WAV header at the start of ``buf``.
 
-    ``read_exact(n) -> bytes`` returns exactly n bytes (raises StreamEnded at EOF).
-    Sizes in a streamed header are placeholders (0xFFFFFFFF) and are not used.
+    Raises NeedMore if ``buf`` ends before the data chunk, ValueError if it is not a WAV
+    soundbus can read. Sizes in a streamed header are placeholders and are not used.
     """
-    riff = read_exact(12)
-    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        raise ValueError(f"not a WAV stream (starts with {riff[:12]!r})")
-    fmt: StreamFormat | None = None
+    if len(buf) < 12:
+        raise NeedMore()
+    if buf[:4] != b"RIFF" or buf[8:12] != b"WAVE":
+        raise ValueError(f"not a WAV stream (starts with {buf[:12]!r})")
+    pos, fmt = 12, None
     while True:
-        cid, size = struct.unpack("<4sI", read_exact(8))
+        if len(buf) < pos + 8:
+            raise NeedMore()
+        cid, size = struct.unpack("<4sI", buf[pos : pos + 8])
+        pos += 8
         if cid == b"data":
             if fmt is None:
                 raise ValueError("WAV data chunk before its fmt chunk")
-            return fmt
-        if size > 1 << 20:
+            return fmt, pos
+        if size > MAX_HEADER_BYTES:
             raise ValueError(f"WAV chunk {cid!r} of {size} bytes before the data")
-        body = read_exact(size + (size & 1))
+        end = pos + size + (size & 1)
+        if len(buf) < end:
+            raise NeedMore()
         if cid == b"fmt ":
-            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
-            if tag == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the sub-format GUID starts with the tag
-                tag = struct.unpack("<H", body[24:26])[0]
+            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", buf[pos : pos + 16])
+            if tag == 0xFFFE and size >= 26:  # WAVE_FORMAT_EXTENSIBLE: the sub-format GUID starts with the tag
+                tag = struct.unpack("<H", buf[pos + 24 : pos + 26])[0]
+            if not (1 <= rate <= MAX_RATE_HZ and 1 <= channels <= MAX_CHANNELS):
+                raise ValueError(f"WAV of {rate} Hz, {channels} channels is outside what soundbus takes")
             fmt = StreamFormat(rate, channels, wav_format(tag, bits))
+        pos = end
 
 
 def is_local(url: str) -> bool:
@@ -83,7 +97,7 @@ def is_local(url: str) -> bool:
 
 
 class FfmpegSource(Source):
-    """Runs ffmpeg, reads WAV from its stdout, restarts it with backoff when it fails."""
+    """Runs ffmpeg, reads WAV from its stdout on capture's loop, restarts it with backoff when it fails."""
 
     hold_last = True
 
@@ -92,23 +106,24 @@ class FfmpegSource(Source):
         self.url = spec.arg
         self.proc: subprocess.Popen | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=8)
-        self._buf = b""
-        self._stderr_thread = threading.Thread()
+        self.loop: Loop | None = None
+        self.backoff = Backoff(0.5, opts.backoff_max_s)
+        self.restart_at: float | None = None
 
     def prepare(self) -> None:
         self.ffmpeg = shutil.which("ffmpeg")
         if self.ffmpeg is None:
-            raise CaptureError(
+            raise UserError(
                 f"ffmpeg is not on PATH, and --source url:{self.url} needs it to decode; install it "
                 f"(Debian: apt-get install ffmpeg) or feed raw PCM with --source pipe:FORMAT:RATE:CHANNELS."
             )
         fmt = self.opts.format or "s16"
         if fmt not in CODECS:
-            raise CaptureError(f"url sources produce s16, s32 or f32; got --format {fmt}.")
+            raise UserError(f"url sources produce s16, s32 or f32; got --format {fmt}.")
         if is_local(self.url):
             path = urlparse(self.url).path if self.url.startswith("file:") else self.url
             if not os.path.exists(path):
-                raise CaptureError(f"{path} does not exist; give an existing file or a URL ffmpeg can open.")
+                raise UserError(f"{path} does not exist; give an existing file or a URL ffmpeg can open.")
         # Until ffmpeg's header says otherwise (heartbeats need something).
         self.fmt = StreamFormat(self.opts.rate or 16000, self.opts.channels or 1, fmt)
         shown = self.url if len(self.url) < 120 else self.url[:117] + "..."
@@ -127,137 +142,167 @@ class FfmpegSource(Source):
             cmd += ["-ac", str(self.opts.channels)]
         return cmd + ["-f", "wav", "pipe:1"]
 
-    # -- process handling ----------------------------------------------------------------------
+    # -- the process ---------------------------------------------------------------------
 
-    def _start(self) -> None:
-        self._buf = b""
+    def start(self, loop: Loop, now: float) -> list[Chunk]:
+        self.loop = loop
+        self._spawn(now)
+        return []
+
+    def _spawn(self, now: float) -> None:
+        self.restart_at = None
+        self.buf = b""  # stdout bytes not yet framed (the WAV header first)
+        self.header_done = False
         self.stderr_tail.clear()
+        self._err_part = b""
         self.proc = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        self._stderr_thread = threading.Thread(target=self._pump_stderr, args=(self.proc,), daemon=True)
-        self._stderr_thread.start()
+        self.started = self.last_data = now
+        for f, what in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
+            os.set_blocking(f.fileno(), False)
+            self.loop.watch(f.fileno(), lambda w=what: self.loop.put((self, w)))
+        self.set_state(HeartbeatState.RECONNECTING if self.restarts else HeartbeatState.RUNNING,
+                       f"starting ffmpeg for {self.description}")
 
-    def _pump_stderr(self, proc: subprocess.Popen) -> None:
-        assert proc.stderr is not None
-        for raw in iter(proc.stderr.readline, b""):
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self.stderr_tail.append(line)
-                log.debug("stream %s: ffmpeg: %s", self.stream, line)
-
-    def _read(self, stop: StopFlag, timeout_s: float) -> bytes:
-        """Some bytes from ffmpeg's stdout; b'' if none within ``timeout_s``. Raises StreamEnded at EOF."""
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout_s
-        while not stop:
-            ready, _, _ = select.select([fd], [], [], min(0.2, max(0.0, deadline - time.monotonic())))
-            if ready:
-                data = os.read(fd, READ_BYTES)
-                if not data:
-                    raise StreamEnded()
-                return data
-            if time.monotonic() >= deadline:
-                return b""
-        return b""
-
-    def _read_exact(self, n: int, stop: StopFlag) -> bytes:
-        deadline = time.monotonic() + self.opts.watchdog_s * 4
-        while len(self._buf) < n:
-            if stop:
-                raise StreamEnded()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no WAV header from ffmpeg within {self.opts.watchdog_s * 4:g} s")
-            self._buf += self._read(stop, 0.2)
-        out, self._buf = self._buf[:n], self._buf[n:]
+    def on_item(self, item: object, now: float) -> list[Chunk]:
+        if self.proc is None:
+            return []
+        if item == "err":
+            self._read_stderr()
+            return []
+        try:
+            data = os.read(self.proc.stdout.fileno(), READ_BYTES)
+        except BlockingIOError:
+            return []
+        except OSError as e:
+            return self._stopped(now, f"reading ffmpeg's output failed: {e.strerror}")
+        if not data:
+            return self._stopped(now, "")
+        self.last_data = now
+        arrival = time.time_ns()
+        self.buf += data
+        out: list[Chunk] = []
+        if not self.header_done:
+            try:
+                fmt, used = parse_wav_header(self.buf)
+            except NeedMore:
+                if len(self.buf) > MAX_HEADER_BYTES:
+                    return self._stopped(now, "no WAV header in ffmpeg's output")
+                return []
+            except ValueError as e:
+                return self._stopped(now, str(e))
+            self.buf = self.buf[used:]
+            self.header_done = True
+            self.fmt = fmt
+            self.framer.new_epoch(fmt)
+            self.clock = ArrivalClock(fmt.rate)
+            self.pos = 0
+            self.set_state(HeartbeatState.RUNNING, f"{self.url} ({fmt.format}, {fmt.rate} Hz, {fmt.channels} ch)")
+        whole, self.buf = split_whole_frames(b"", self.buf, self.fmt.bytes_per_sample_frame)
+        if whole:
+            n = len(whole) // self.fmt.bytes_per_sample_frame
+            out += self.framer.push(whole, self.clock.t_of(self.pos, n, arrival))
+            self.pos += n
         return out
 
-    def close(self) -> None:
+    def _read_stderr(self) -> None:
+        try:
+            data = os.read(self.proc.stderr.fileno(), 4096)
+        except (BlockingIOError, OSError):
+            return
+        if not data:
+            self.loop.unwatch(self.proc.stderr.fileno())
+            return
+        lines = (self._err_part + data).split(b"\n")
+        self._err_part = lines.pop()[-1024:]
+        for raw in lines:
+            line = raw.decode(errors="replace").strip()
+            if line:
+                self.stderr_tail.append(line[:300])
+                log.debug("stream %s: ffmpeg: %s", self.stream, line)
+
+    def _stopped(self, now: float, why: str) -> list[Chunk]:
+        """ffmpeg's output ended (EOF) or broke (``why``): end the epoch, then end, restart or fail."""
+        out = self.framer.end() if self.header_done else []
+        if why and self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # we gave up on it
+        code = self._reap()
+        if why == "" and code == 0:
+            if not self.opts.loop:
+                self.set_state(HeartbeatState.ENDED, "stream ended")
+                return out
+            self.backoff.reset()
+            self._spawn(now)
+            return out
+        tail = " | ".join(self.stderr_tail) or "no message"
+        if any(p in tail for p in PERMANENT):
+            self.set_state(HeartbeatState.FAILED, f"ffmpeg cannot open {self.url}: {tail}")
+            return out
+        delay = self.backoff.next_delay()
+        self.restarts += 1
+        self.restart_at = now + delay
+        self.set_state(HeartbeatState.RECONNECTING,
+                       f"ffmpeg {'exited ' + str(code) if code is not None else 'stalled'}"
+                       f"{': ' + why if why else ''} ({tail}); restart in {delay:g} s")
+        return out
+
+    def due_in(self, now: float) -> float | None:
+        if self.restart_at is not None:
+            return self.restart_at - now
+        if self.proc is not None:
+            return self.last_data + self.opts.watchdog_s * (4 if not self.header_done else 1) - now
+        return None
+
+    def tick(self, now: float) -> list[Chunk]:
+        if self.restart_at is not None and now >= self.restart_at:
+            self._spawn(now)
+            return []
+        limit = self.opts.watchdog_s * (4 if not self.header_done else 1)
+        if self.proc is not None and now - self.last_data > limit:
+            what = "no WAV header from ffmpeg" if not self.header_done else "no audio from ffmpeg"
+            return self._stopped(now, f"{what} for {limit:g} s")
+        if self.proc is not None and self.header_done and now - self.started > 10.0:
+            self.backoff.reset()  # it ran fine for a while: the next failure starts from a short delay
+        return []
+
+    def _reap(self) -> int | None:
+        """Stop watching ffmpeg and end it; its exit code (None if it had to be killed)."""
         proc, self.proc = self.proc, None
         if proc is None:
-            return
-        if proc.poll() is None:
+            return None
+        for f in (proc.stdout, proc.stderr):
+            try:
+                self.loop.unwatch(f.fileno())
+            except (KeyError, ValueError, OSError):
+                pass
+        code = None
+        try:
+            code = proc.wait(2)
+        except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(2)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(2)
-        self._stderr_thread.join(1.0)  # its last lines say why ffmpeg stopped
-        for f in (proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
-
-    def _exit_code(self) -> int | None:
-        if self.proc is None:
-            return None
         try:
-            return self.proc.wait(2)
-        except subprocess.TimeoutExpired:
-            return None
+            rest = proc.stderr.read()  # its last words say why it stopped
+            if rest:
+                self._err_part += rest
+        except (OSError, ValueError):
+            pass
+        for raw in self._err_part.split(b"\n"):
+            line = raw.decode(errors="replace").strip()
+            if line:
+                self.stderr_tail.append(line[:300])
+        self._err_part = b""
+        for f in (proc.stdout, proc.stderr):
+            f.close()
+        return code
 
-    # -- main loop ---------------------------------------------------------------------------
-
-    def run(self, stop: StopFlag) -> None:
-        assert self.framer is not None
-        framer = self.framer
-        backoff = Backoff(0.5, self.opts.backoff_max_s)
-        while not stop:
-            why, eof = "", False
-            try:
-                self._start()
-                fmt = parse_wav_header(lambda n: self._read_exact(n, stop))
-                self.fmt = fmt
-                framer.new_epoch(fmt)
-                self.set_state("running", f"{self.url} ({fmt.format}, {fmt.rate} Hz, {fmt.channels} ch)")
-                self._pump(stop)
-            except StreamEnded:
-                eof = True
-            except (ValueError, TimeoutError, OSError) as e:
-                why = str(e)
-            code = self._exit_code() if eof and not stop else None  # 0: the stream ended; else: failed
-            framer.end()
-            self.close()
-            if stop:
-                break
-            if not why and code == 0:
-                if not self.opts.loop:
-                    self.set_state("ended", "stream ended")
-                    return
-                backoff.reset()
-                continue
-            tail = " | ".join(self.stderr_tail) or "no message"
-            self.restarts += 1
-            self.set_state("reconnecting", f"ffmpeg {'exited ' + str(code) if code is not None else 'stalled'}"
-                                           f"{': ' + why if why else ''} ({tail}); restart in {backoff.next_s:g} s")
-            if not backoff.wait(stop):
-                break
-        self.set_state("ended")
-
-    def _pump(self, stop: StopFlag) -> None:
-        assert self.framer is not None
-        framer, bpf = self.framer, self.fmt.bytes_per_frame
-        clock = ArrivalClock(self.fmt.rate)
-        pos = 0
-        # Audio that arrived with the WAV header (a short file can arrive whole in one read,
-        # followed at once by EOF): push it before reading more, or it would be lost.
-        data, rest = split_whole_frames(b"", self._buf, bpf)
-        self._buf = b""
-        if data:
-            pos = len(data) // bpf
-            framer.push(data, clock.t_of(0, pos, time.time_ns()))
-        last = time.monotonic()
-        while not stop:
-            chunk = self._read(stop, 0.2)
-            now_ns = time.time_ns()
-            if not chunk:
-                if time.monotonic() - last > self.opts.watchdog_s:
-                    raise TimeoutError(f"no audio from ffmpeg for {self.opts.watchdog_s:g} s")
-                continue
-            last = time.monotonic()
-            data, rest = split_whole_frames(rest, chunk, bpf)
-            if data:
-                n = len(data) // bpf
-                framer.push(data, clock.t_of(pos, n, now_ns))
-                pos += n
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        if self.proc is not None:
+            self._reap()

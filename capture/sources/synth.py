@@ -1,25 +1,26 @@
-"""``synth:tone[:HZ]`` / ``synth:noise`` / ``synth:silence``: test signals for demos and tests.
+"""``synth:tone[:HZ]`` / ``synth:noise`` / ``synth:silence``: test signals for demos, tests and benchmarks.
 
 Rate, channels and format come from ``--rate`` (default 16000 Hz), ``--channels``
 (default 1) and ``--format`` (default s16); every channel carries the same signal.
 The tone is a sine at -6 dBFS whose phase is computed from the sample index, so it is
-continuous across frames; noise is Gaussian white noise at -20 dBFS RMS from a seeded
-generator. Paced like a file (real time, or ``--fast``); ``--duration`` makes it finite.
+continuous across chunks; noise is Gaussian white noise at -20 dBFS RMS from a seeded
+generator. Paced by the loop's clock (real time, or ``--fast``); ``--duration`` makes it finite.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from capture.errors import CaptureError
-from capture.framer import StreamFormat
-from capture.sources.base import Pacer, Source
+from capture.framer import Chunk, StreamFormat
+from capture.sources.base import Loop, Pacer, Source
 from capture.spec import parse_synth_arg
-from common.stage import StopFlag
+from common.errors import UserError
+from common.wire.messages import HeartbeatState
 
 TONE_AMPLITUDE = 0.5  # -6 dBFS
 NOISE_RMS = 0.1  # -20 dBFS
 _FULL_SCALE = {"s16": 32767, "s32": 2147483647}
+FAST_CHUNKS_PER_TICK = 64  # --fast: chunks made per loop turn (keeps the loop responsive)
 
 
 def quantise(x: np.ndarray, fmt: str) -> np.ndarray:
@@ -31,50 +32,69 @@ def quantise(x: np.ndarray, fmt: str) -> np.ndarray:
 
 
 class SynthSource(Source):
-    """Generates a tone, noise or silence frame by frame."""
+    """Generates a tone, noise or silence chunk by chunk, when the loop's clock says it is due."""
 
     def prepare(self) -> None:
         self.wave, self.freq = parse_synth_arg(self.spec.arg)
         fmt = self.opts.format or "s16"
         if fmt not in ("s16", "s32", "f32"):
-            raise CaptureError(f"synth sources produce s16, s32 or f32; got --format {fmt}.")
+            raise UserError(f"synth sources produce s16, s32 or f32; got --format {fmt}.")
         rate = self.opts.rate or 16000
         if self.wave == "tone" and self.freq >= rate / 2:
-            raise CaptureError(f"tone {self.freq} Hz is not below half the rate ({rate} Hz); raise --rate.")
+            raise UserError(f"tone {self.freq} Hz is not below half the rate ({rate} Hz); raise --rate.")
         self.fmt = StreamFormat(rate, self.opts.channels or 1, fmt)
         what = f"tone {self.freq:g} Hz" if self.wave == "tone" else self.wave
         self.description = f"synth:{what} ({rate} Hz, {self.fmt.channels} ch)"
+        self.total = round(self.opts.duration_s * rate) if self.opts.duration_s else None
 
-    def _block(self, start: int, n: int, rng: np.random.Generator) -> bytes:
-        idx = np.arange(start, start + n, dtype=np.float64)
+    def start(self, loop: Loop, now: float) -> list[Chunk]:
+        self.pacer = Pacer(self.fmt.rate, self.opts.fast)
+        self._begin()
+        return []
+
+    def _begin(self) -> None:
+        self.framer.new_epoch()
+        self.pacer.restart()
+        self.rng = np.random.default_rng(0)
+        self.pos = 0
+        self.set_state(HeartbeatState.RUNNING, self.description)
+
+    def _block(self, start: int, n: int) -> bytes:
         if self.wave == "tone":
+            idx = np.arange(start, start + n, dtype=np.float64)
             x = TONE_AMPLITUDE * np.sin(2 * np.pi * self.freq * idx / self.fmt.rate)
         elif self.wave == "noise":
-            x = np.clip(rng.normal(0.0, NOISE_RMS, n), -1.0, 1.0)
+            x = np.clip(self.rng.normal(0.0, NOISE_RMS, n), -1.0, 1.0)
         else:
             x = np.zeros(n)
         q = quantise(x, self.fmt.format)
-        return np.repeat(q[:, None], self.fmt.channels, axis=1).tobytes()  # (frames, channels) interleaved
+        if self.fmt.channels == 1:
+            return q.tobytes()
+        return np.repeat(q[:, None], self.fmt.channels, axis=1).tobytes()  # (samples, channels) interleaved
 
-    def run(self, stop: StopFlag) -> None:
-        assert self.framer is not None
-        framer = self.framer
-        rate = self.fmt.rate
-        total = round(self.opts.duration_s * rate) if self.opts.duration_s else None
-        pacer = Pacer(rate, self.opts.fast)
-        while not stop:
-            framer.new_epoch()
-            pacer.restart()
-            rng = np.random.default_rng(0)
-            self.set_state("running", self.description)
-            pos = 0
-            while not stop and (total is None or pos < total):
-                n = framer.frame_frames if total is None else min(framer.frame_frames, total - pos)
-                data = self._block(pos, n, rng)
-                if not pacer.wait_until(pos + n, stop):
-                    return
-                framer.push(data, pacer.t_of(pos), end=total is not None and pos + n >= total)
-                pos += n
-            if not self.opts.loop:
+    def _next_len(self) -> int:
+        n = self.framer.chunk_samples
+        return n if self.total is None else min(n, self.total - self.pos)
+
+    def due_in(self, now: float) -> float | None:
+        if self.state is not HeartbeatState.RUNNING:
+            return None
+        return self.pacer.due_in(self.pos + self._next_len(), now)
+
+    def tick(self, now: float) -> list[Chunk]:
+        out: list[Chunk] = []
+        made = 0
+        while self.state is HeartbeatState.RUNNING and made < FAST_CHUNKS_PER_TICK:
+            n = self._next_len()
+            if self.pacer.due_in(self.pos + n, now) > 0:
                 break
-        self.set_state("ended")
+            last = self.total is not None and self.pos + n >= self.total
+            out += self.framer.push(self._block(self.pos, n), self.pacer.t_of(self.pos), end=last)
+            self.pos += n
+            made += 1
+            if last:
+                if self.opts.loop:
+                    self._begin()
+                else:
+                    self.set_state(HeartbeatState.ENDED)
+        return out

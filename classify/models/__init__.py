@@ -56,7 +56,16 @@ def load_model(name: str) -> Model:
         ref = name
     else:
         raise UnknownModel(f"unknown model {name!r}")
-    model = _factory(ref)()
+    factory = _factory(ref)
+    if name in BUILTIN:
+        model = factory()
+    else:
+        try:
+            model = factory()
+        except ImportError:
+            raise
+        except Exception as e:  # a user's MODULE:FACTORY that is not a model factory (e.g. json:dumps)
+            raise UnknownModel(f"{ref}() failed ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(model, Model) and not (hasattr(model, "spec") and hasattr(model, "forward")):
         raise UnknownModel(f"{ref} returned {type(model).__name__}, not a model (needs .spec and .forward)")
     return model

@@ -6,7 +6,8 @@ Options (all applied before bind/connect, as zmq.devices does):
 - LINGER: unsent messages are dropped on close after ``linger_ms`` so exit never hangs.
 - RECONNECT_IVL / RECONNECT_IVL_MAX: a restarted peer is found again without any action.
 - HEARTBEAT_IVL / HEARTBEAT_TIMEOUT: ZMTP pings detect a dead TCP peer.
-- MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq before we see it.
+- MAXMSGSIZE: a peer sending a larger message is disconnected by libzmq before we see it (and
+  libzmq does not reconnect after that protocol error: common.transport.links does).
 - CURVE: encryption plus client authentication through a ZAP allow-list (see common.keys),
   per direction: bound sockets with ``--curve-allow``, connecting ones with ``--curve-server``.
 
@@ -25,7 +26,8 @@ from typing import Iterable
 
 import zmq
 
-from common.protocol import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
+from common.errors import UserError
+from common.wire.codec import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class SocketOptions:
     reconnect_ivl_max_ms: int = 500  # backoff cap: a restarted peer is back within 0.5 s
     heartbeat_ivl_ms: int = 1000
     heartbeat_timeout_ms: int = 3000
-    max_msg_bytes: int = MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES
+    max_msg_bytes: int = MAX_MESSAGE_BYTES
     curve: "CurveConfig | None" = None
     # Publishers only: refuse a send (zmq.Again) instead of dropping when a subscriber's queue is
     # full. For sources that can wait (files with --fast, replay) so nothing is lost.
@@ -69,6 +71,10 @@ class CurveConfig:
     allow_dir: Path | None = None
 
 
+MAX_HWM = 1_000_000  # messages per peer; each may hold up to 16 MiB
+_TCP = re.compile(r"^tcp://(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\*|\d{1,5})$")
+
+
 def split_endpoint(addr: str, default_bind: bool) -> tuple[bool, str]:
     """('@tcp://...' -> bind, '>tcp://...' -> connect, plain -> ``default_bind``)."""
     if addr.startswith("@"):
@@ -76,6 +82,27 @@ def split_endpoint(addr: str, default_bind: bool) -> tuple[bool, str]:
     if addr.startswith(">"):
         return False, addr[1:]
     return default_bind, addr
+
+
+def check_endpoint(addr: str, bind: bool) -> None:
+    """Refuse, with what to write instead, an address ZeroMQ would misread or that cannot work.
+
+    ``tcp://HOST:PORT`` (port 1-65535; ``*`` only when binding), ``ipc://PATH``, ``inproc://NAME``.
+    """
+    example = "e.g. tcp://127.0.0.1:5550, @tcp://0.0.0.0:5550 or ipc:///run/soundbus/raw"
+    if addr.startswith(("ipc://", "inproc://")):
+        if len(addr.split("://", 1)[1]) == 0:
+            raise UserError(f"address {addr!r} names no path; {example}.")
+        return
+    m = _TCP.match(addr)
+    if not m:
+        raise UserError(f"address {addr!r} is not a ZeroMQ endpoint soundbus uses; {example}.")
+    port = m["port"]
+    if port == "*":
+        if not bind:
+            raise UserError(f"address {addr!r}: a port of '*' only makes sense when binding; give the port number.")
+    elif not 1 <= int(port) <= 65535:
+        raise UserError(f"address {addr!r}: port {port} is outside 1-65535.")
 
 
 def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool, endpoints: list[str]) -> None:
@@ -97,7 +124,7 @@ def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool, endpoints: list
 def _apply_curve(sock: zmq.Socket, curve: CurveConfig, binding: bool, endpoints: list[str]) -> None:
     """CURVE per direction: a bound socket is a server if an allow list is given, a connecting
     one a client if the server's key is given; otherwise it stays plain (e.g. a loopback hop)."""
-    from common.keys import apply_curve
+    from common.transport.keys import apply_curve
 
     if (curve.allow_dir if binding else curve.server_public_file) is not None:
         apply_curve(sock, curve, server=binding)
@@ -124,6 +151,8 @@ def open_socket(
     if default_bind is None:
         default_bind = socket_type in (zmq.PUB, zmq.XPUB, zmq.XSUB)
     endpoints = list(endpoints)
+    for e in endpoints:
+        check_endpoint(*reversed(split_endpoint(e, default_bind)))
     sock = ctx.socket(socket_type)
     try:
         any_bind = any(split_endpoint(e, default_bind)[0] for e in endpoints)
@@ -134,12 +163,12 @@ def open_socket(
                 try:
                     sock.bind(addr)
                 except zmq.ZMQError as err:
-                    raise SystemExit(
-                        f"soundbus: cannot bind {addr} ({err.strerror}); another process may hold the port: "
-                        f"choose another with the address flag or stop that process."
-                    ) from None
+                    raise UserError(_bind_advice(addr, err)) from None
             else:
-                sock.connect(addr)
+                try:
+                    sock.connect(addr)
+                except zmq.ZMQError as err:
+                    raise UserError(f"cannot connect to {addr} ({err.strerror}); check the address.") from None
     except BaseException:
         sock.close(linger=0)
         raise
@@ -162,3 +191,15 @@ def open_sub(
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p)
     return sock
+
+
+def _bind_advice(addr: str, err: zmq.ZMQError) -> str:
+    """One sentence for a failed bind, naming the likely cause."""
+    if err.errno == zmq.EADDRINUSE:
+        return (f"cannot bind {addr}: the port is in use by another process; choose another port with the "
+                "address flag, or stop that process.")
+    if err.errno == zmq.EADDRNOTAVAIL:
+        return f"cannot bind {addr}: no interface of this machine has that address; use 0.0.0.0 or one of its own."
+    if err.errno == zmq.EACCES:
+        return f"cannot bind {addr}: permission denied (ports below 1024 need root); choose a port above 1024."
+    return f"cannot bind {addr} ({err.strerror}); check the address."

@@ -1,6 +1,8 @@
 """What a recording holds (``soundbus info``) and its audio as WAV (``soundbus export``).
 
-These read the frames stored by common.recording with common.protocol.
+Records are read as protocol v2 messages (common.recording.messages; v1 records are
+converted). Audio durations come from audio messages only: a result covers a window of
+audio, which ``info`` reports as windows and their span, never as audio of its own.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.recording import Problem, Record, RecordingError
+from common.recording.format import Problem, Record, RecordingError
+from common.recording.messages import record_message
+from common.wire.codec import Audio, ProtocolError, message_stream
+from common.wire.messages import SAMPLE_WIDTH, Heartbeat, Layout, Result, SampleFormat
 
 
 @dataclass
 class StreamSummary:
-    """One topic of a recording. Units: ``frames`` samples per channel, times ns, ``audio_s`` seconds."""
+    """One topic of a recording. Units: ``samples`` per channel, times ns, ``audio_s`` seconds."""
 
     kind: str
     stream: str
@@ -23,34 +28,56 @@ class StreamSummary:
     formats: set[str] = field(default_factory=set)  # "48000 Hz 2 ch s16 interleaved"
     rates: set[int] = field(default_factory=set)
     messages: int = 0
-    frames: int = 0
-    audio_s: float = 0.0
+    samples: int = 0
+    audio_s: float = 0.0  # audio carried (raw, tensor); for results: the span their windows cover
     first_ns: int = 0
     last_ns: int = 0
     epochs: dict[int, int] = field(default_factory=dict)  # epoch -> last seq seen
     gaps: int = 0  # forward sequence jumps
     missing: int = 0  # messages missing in those jumps
     stale: int = 0  # seq not above the previous one (duplicates, reordering)
+    lost_s: float = 0.0  # audio the messages say was lost upstream
+    _window_span: list[int] = field(default_factory=list)  # results: [first start_ns, last end_ns]
 
-    def add(self, h: Any, t_recv_ns: int) -> None:
+    def add(self, msg: Any, t_recv_ns: int) -> None:
         if not self.messages:
             self.first_ns = t_recv_ns
         self.messages += 1
         self.last_ns = max(self.last_ns, t_recv_ns)
-        if h.rate:
-            self.formats.add(f"{h.rate} Hz {h.channels} ch {h.format} {h.layout}")
+        if isinstance(msg, Audio):
+            h = msg.header
+            self.formats.add(f"{h.rate} Hz {h.channels} ch {h.format.value} {h.layout.value}")
             self.rates.add(h.rate)
-            self.frames += h.frames
-            self.audio_s += h.frames / h.rate
-        last = self.epochs.get(h.epoch)
+            self.samples += h.samples
+            self.audio_s += h.samples / h.rate
+            self.lost_s += h.lost / h.rate
+            epoch, seq = h.epoch, h.seq
+        elif isinstance(msg, Result):
+            self.rates.add(msg.rate)
+            self.formats.add(f"{msg.rate} Hz model rate")
+            span = self._window_span
+            if span:
+                span[0], span[1] = min(span[0], msg.start_ns), max(span[1], msg.end_ns)
+            else:
+                span += [msg.start_ns, msg.end_ns]
+            self.audio_s = (span[1] - span[0]) / 1e9
+            self.lost_s += msg.lost_ns / 1e9
+            epoch, seq = msg.epoch, msg.seq
+        elif isinstance(msg, Heartbeat):
+            epoch, seq = msg.epoch, None
+        else:
+            epoch, seq = 0, None
+        if seq is None:
+            return
+        last = self.epochs.get(epoch)
         if last is not None:
-            if h.seq > last + 1:
+            if seq > last + 1:
                 self.gaps += 1
-                self.missing += h.seq - last - 1
-            elif h.seq <= last:
+                self.missing += seq - last - 1
+            elif seq <= last:
                 self.stale += 1
                 return
-        self.epochs[h.epoch] = h.seq
+        self.epochs[epoch] = seq
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,8 +87,9 @@ class StreamSummary:
             "formats": sorted(self.formats),
             "rates": sorted(self.rates),
             "messages": self.messages,
-            "frames": self.frames,
+            "samples": self.samples,
             "audio_s": round(self.audio_s, 6),
+            "lost_s": round(self.lost_s, 6),
             "span_s": round((self.last_ns - self.first_ns) / 1e9, 6),
             "msg_per_s": round(self.messages / max((self.last_ns - self.first_ns) / 1e9, 1e-9), 3)
             if self.messages > 1
@@ -81,6 +109,7 @@ class RecordingSummary:
     streams: dict[bytes, StreamSummary] = field(default_factory=dict)
     records: int = 0
     undecodable: int = 0
+    v1_records: int = 0
     first_ns: int | None = None
     last_ns: int | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -89,20 +118,24 @@ class RecordingSummary:
         self.files.append({"path": path, "bytes": size, "format": version, "meta": meta})
 
     def add(self, rec: Record) -> None:
-        from common.protocol import ProtocolError, decode
-
         self.records += 1
         self.first_ns = rec.t_recv_ns if self.first_ns is None else min(self.first_ns, rec.t_recv_ns)
         self.last_ns = rec.t_recv_ns if self.last_ns is None else max(self.last_ns, rec.t_recv_ns)
+        if len(rec.frames) != 1:
+            self.v1_records += 1
         try:
-            h = decode(rec.frames).header
+            msg, data = record_message(rec)
         except ProtocolError:
             self.undecodable += 1
             return
-        s = self.streams.get(rec.topic)
+        topic = data[: data.index(b"\0")]
+        s = self.streams.get(topic)
         if s is None:
-            s = self.streams[rec.topic] = StreamSummary(h.kind.value, h.stream, h.model)
-        s.add(h, rec.t_recv_ns)
+            if len(self.streams) >= 100_000:  # bounded, whatever the file holds
+                return
+            kind = topic.split(b"/", 1)[0].decode()
+            s = self.streams[topic] = StreamSummary(kind, message_stream(msg), getattr(msg, "model", ""))
+        s.add(msg, rec.t_recv_ns)
 
     def to_dict(self) -> dict[str, Any]:
         span = (self.last_ns - self.first_ns) / 1e9 if self.first_ns is not None and self.last_ns is not None else 0.0
@@ -110,6 +143,7 @@ class RecordingSummary:
             "files": [{**f, "meta": {k: v for k, v in f["meta"].items() if isinstance(v, (int, str, list))}}
                       for f in self.files],
             "records": self.records,
+            "v1_records": self.v1_records,
             "undecodable": self.undecodable,
             "span_s": round(span, 6),
             "streams": [s.to_dict() for _, s in sorted(self.streams.items())],
@@ -123,13 +157,17 @@ class RecordingSummary:
         d = self.to_dict()
         out = [f"{f['path']}: format {f['format']}, {f['bytes']} bytes" for f in d["files"]]
         out.append(f"{d['records']} records over {d['span_s']:.3f} s, {len(d['streams'])} topics"
+                   + (f", {d['v1_records']} recorded with protocol v1" if d["v1_records"] else "")
                    + (f", {d['undecodable']} undecodable" if d["undecodable"] else ""))
         for s in d["streams"]:
             name = f"{s['kind']}/{s['stream']}" + (f"/{s['model']}" if s["model"] else "")
             fmt = "; ".join(s["formats"]) or "-"
+            what = (f"windows span {s['audio_s']:.3f} s" if s["kind"] == "result"
+                    else f"audio {s['audio_s']:.3f} s" if s["kind"] in ("raw", "tensor") else "")
             out.append(
-                f"  {name}: {fmt}; {s['messages']} msgs ({s['msg_per_s']:.1f}/s), audio {s['audio_s']:.3f} s, "
+                f"  {name}: {fmt}; {s['messages']} msgs ({s['msg_per_s']:.1f}/s), {what}{', ' if what else ''}"
                 f"span {s['span_s']:.3f} s, {s['epochs']} epoch(s), {s['gaps']} gap(s) ({s['missing']} missing)"
+                + (f", {s['lost_s']:.3f} s lost upstream" if s["lost_s"] else "")
                 + (f", {s['stale']} stale" if s["stale"] else "")
             )
         for p in self.problems:
@@ -140,17 +178,17 @@ class RecordingSummary:
 
 
 def interleaved_bytes(msg: Any) -> bytes:
-    """A message's samples in WAV order: (frames, channels) interleaved, little-endian.
+    """A message's samples in WAV order: (samples, channels) interleaved, little-endian.
 
     s8 becomes u8 (WAV stores 8-bit unsigned); s24 stays packed 3-byte; floats stay floats.
     """
     import numpy as np
 
     h = msg.header
-    a = msg.samples()  # (frames, channels[, 3]) interleaved or (channels, frames[, 3]) planar
-    if h.layout == "planar":
-        a = np.swapaxes(a, 0, 1)  # -> (frames, channels[, 3])
-    if h.format == "s8":
+    a = msg.samples()  # (samples, channels[, 3]) interleaved or (channels, samples[, 3]) planar
+    if h.layout is Layout.PLANAR:
+        a = np.swapaxes(a, 0, 1)  # -> (samples, channels[, 3])
+    if h.format is SampleFormat.S8:
         a = (a.astype(np.int16) + 128).astype(np.uint8)
     return np.ascontiguousarray(a).tobytes()
 
@@ -164,17 +202,19 @@ class WavWriter:
     _MAX_DATA = 0xFFFFFFFF - 64
 
     def __init__(self, path: str | os.PathLike[str], rate: int, channels: int, format: str) -> None:
-        from common.protocol import SAMPLE_FORMATS
-
         self.rate, self.channels, self.format = rate, channels, format
-        self.width = SAMPLE_FORMATS[format][1]
+        self.width = SAMPLE_WIDTH[SampleFormat(format)]
         self.is_float = format in ("f32", "f64")
-        self.frames = 0
+        self.samples = 0
         self._data = 0
-        self._f = open(path, "wb")  # noqa: SIM115 (closed by close())
+        try:
+            self._f = open(path, "wb")  # noqa: SIM115 (closed by close())
+        except OSError as e:
+            raise RecordingError(f"cannot create {path}: {e.strerror}; check that its directory exists and is "
+                                 "writable.") from None
         block = self.width * channels
         fmt = struct.pack("<HHIIHH", 3 if self.is_float else 1, channels, rate, rate * block, block, 8 * self.width)
-        if self.is_float:  # non-PCM: fmt has cbSize, and a fact chunk holds the frame count
+        if self.is_float:  # non-PCM: fmt has cbSize, and a fact chunk holds the sample count
             fmt += struct.pack("<H", 0)
         head = b"RIFF\0\0\0\0WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
         if self.is_float:
@@ -188,14 +228,18 @@ class WavWriter:
         """Append interleaved sample bytes (see interleaved_bytes)."""
         if self._data + len(data) > self._MAX_DATA:
             raise RecordingError("a WAV file holds at most 4 GiB; export a shorter part of the recording.")
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:
+            raise RecordingError(f"cannot write {self._f.name}: {e.strerror}; free some space or export "
+                                 "elsewhere.") from None
         self._data += len(data)
-        self.frames += len(data) // (self.width * self.channels)
+        self.samples += len(data) // (self.width * self.channels)
 
-    def write_silence(self, frames: int) -> None:
-        """Append ``frames`` silent frames (0, or 0x80 for 8-bit unsigned)."""
+    def write_silence(self, samples: int) -> None:
+        """Append ``samples`` silent samples per channel (0, or 0x80 for 8-bit unsigned)."""
         fill = b"\x80" if self.format in ("u8", "s8") else b"\0"
-        n = frames * self.width * self.channels
+        n = samples * self.width * self.channels
         while n > 0:
             k = min(n, 1 << 20)
             self.write(fill * k)
@@ -211,7 +255,7 @@ class WavWriter:
         self._f.write(struct.pack("<I", end - 8))
         if self.is_float:
             self._f.seek(self._fact_at)
-            self._f.write(struct.pack("<I", self.frames))
+            self._f.write(struct.pack("<I", self.samples))
         self._f.seek(self._data_size_at)
         self._f.write(struct.pack("<I", self._data))
         self._f.close()

@@ -7,14 +7,36 @@ waits for those lines instead of sleeping.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+try:  # resolved here, in the parent: the child must only make the call (no loading between fork and exec)
+    _prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: in the child, before exec, ask for SIGTERM when the parent dies, however it
+    dies (Linux PR_SET_PDEATHSIG). Children of ``soundbus up`` must not outlive it (its
+    terminal closed, SIGKILL of up itself), or they keep their ports and the next ``up``
+    fails with "address in use"."""
+
+    def child() -> None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return child
 
 
 class WaitTimeout(RuntimeError):
@@ -46,6 +68,7 @@ class ChildProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()) if _prctl is not None else None,
         )
         self.pid = self.proc.pid
         self.lines: list[str] = []  # stderr: the log
@@ -115,10 +138,19 @@ class ChildProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Send ``sig`` to its process group; SIGKILL after ``timeout`` s. Returns the exit code."""
+        self.stop_report(sig, timeout)
+        return self.proc.returncode
+
+    def stop_report(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> str:
+        """Like :meth:`stop`; says what happened: "exited" (already gone), "stopped", or "killed"
+        (it ignored ``sig`` for ``timeout`` s and got SIGKILL)."""
+        if self.proc.poll() is not None:
+            return "exited"
         self.send_signal(sig)
         try:
             self.proc.wait(timeout)
+            return "stopped"
         except subprocess.TimeoutExpired:
             self.send_signal(signal.SIGKILL)
             self.proc.wait(5)
-        return self.proc.returncode
+            return "killed"

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
+
+from common.errors import UserError
 from zmq.auth.base import Authenticator
 from zmq.utils import z85
 
 if TYPE_CHECKING:
-    from common.sockets import CurveConfig
+    from common.transport.sockets import CurveConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +46,32 @@ def create_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     Refuses to overwrite an existing pair (the old public key may already be on other boxes).
     """
     if not name or "/" in name or name.startswith("."):
-        raise SystemExit(f"soundbus: key name {name!r} must be a plain file name such as 'capture-box1'.")
+        raise UserError(f"key name {name!r} must be a plain file name such as 'capture-box1'.")
     directory = Path(directory)
     for existing in (directory / f"{name}.key", directory / f"{name}.key_secret"):
         if existing.exists():
-            raise SystemExit(f"soundbus: {existing} already exists; pick another NAME or delete the old pair first.")
-    directory.mkdir(parents=True, exist_ok=True)
-    pub, sec = zmq.auth.create_certificates(str(directory), name)
-    Path(sec).chmod(0o600)
+            raise UserError(f"{existing} already exists; pick another NAME or delete the old pair first.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        pub, sec = zmq.auth.create_certificates(str(directory), name)
+        Path(sec).chmod(0o600)
+    except OSError as e:
+        raise UserError(f"cannot write keys into {directory} ({e.strerror}); choose a directory you can write to.") \
+            from None
     return Path(pub), Path(sec)
 
 
 def load_key(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
-    """(public, secret) z85 keys from a key file; SystemExit with advice when it is unusable."""
+    """(public, secret) z85 keys from a key file; UserError with advice when it is unusable."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"soundbus: key file {path} does not exist; create one with `soundbus keys DIR NAME`.")
+        raise UserError(f"key file {path} does not exist; create one with `soundbus keys DIR NAME`.")
     try:
         pub, sec = zmq.auth.load_certificate(str(path))
     except (ValueError, OSError) as e:
-        raise SystemExit(f"soundbus: {path} is not a key file written by `soundbus keys` ({e}).") from None
+        raise UserError(f"{path} is not a key file written by `soundbus keys` ({e}).") from None
     if secret and not sec:
-        raise SystemExit(f"soundbus: {path} holds no secret key; pass the NAME.key_secret file, not NAME.key.")
+        raise UserError(f"{path} holds no secret key; pass the NAME.key_secret file, not NAME.key.")
     return pub, sec
 
 
@@ -73,7 +79,7 @@ def load_allow_dir(allow_dir: Path) -> dict[bytes, bool]:
     """Public keys allowed in: every ``*.key`` file of ``allow_dir`` (z85 key -> True)."""
     allow_dir = Path(allow_dir)
     if not allow_dir.is_dir():
-        raise SystemExit(f"soundbus: allow directory {allow_dir} does not exist; put the clients' .key files there.")
+        raise UserError(f"allow directory {allow_dir} does not exist; put the clients' .key files there.")
     allowed: dict[bytes, bool] = {}
     for f in sorted(allow_dir.glob("*.key")):
         pub, _ = load_key(f, secret=False)
@@ -88,7 +94,7 @@ class _AllowList(Authenticator):
 
     def __init__(self, ctx: zmq.Context) -> None:
         super().__init__(ctx, log=logging.getLogger("soundbus.zap"))
-        from common.stage import RateLimitedLog
+        from common.observe.ratelog import RateLimitedLog
 
         self._refused = RateLimitedLog(log, every_s=10.0)
 
@@ -179,14 +185,14 @@ def apply_curve(sock: zmq.Socket, cfg: CurveConfig, server: bool) -> None:
     sock.curve_secretkey = sec
     if server:
         if cfg.allow_dir is None:
-            raise SystemExit("soundbus: a binding CURVE socket needs --curve-allow DIR of client public keys.")
+            raise UserError(f"a binding CURVE socket needs --curve-allow DIR of client public keys.")
         sock.zap_domain = _zap_domain(sock.context, Path(cfg.allow_dir)).encode()
         # Without this, libzmq admits every client when no ZAP handler answers (e.g. it died).
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.curve_server = True
     else:
         if cfg.server_public_file is None:
-            raise SystemExit("soundbus: a connecting CURVE socket needs --curve-server KEY (the server's .key file).")
+            raise UserError(f"a connecting CURVE socket needs --curve-server KEY (the server's .key file).")
         server_pub, _ = load_key(Path(cfg.server_public_file), secret=False)
         sock.curve_serverkey = server_pub
 

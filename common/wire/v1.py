@@ -1,4 +1,8 @@
-"""soundbus wire protocol v1: one message = three ZeroMQ frames.
+"""Protocol v1, kept only to read recordings made with it (``soundbus replay/info/export``).
+
+Live peers speak v2 (common.wire.codec); a v1 message arriving on a socket is refused with
+the reason ``v1_message``. :func:`to_v2` turns a recorded v1 message into the v2 message a
+v2 stage would have sent. The v1 format, as it was: one message = three ZeroMQ frames.
 
     [topic]   ASCII bytes, ``<kind>/<bucket>/<stream>/`` (results add ``<model>/``)
     [header]  msgpack map, at most MAX_HEADER_BYTES
@@ -412,12 +416,68 @@ def _buffer(f: Any) -> memoryview:
     raise ProtocolError("bad_frame", f"frame of type {type(f).__name__}")
 
 
-def with_hop(h: Header, stage: str, t_in_ns: int, t_out_ns: int) -> list[Hop]:
-    """The trace of ``h`` with one more hop appended (oldest hops dropped past the bound)."""
-    return (h.trace + [Hop(stage, t_in_ns, t_out_ns)])[-MAX_TRACE_HOPS:]
+def to_v2(msg: Message) -> bytes:
+    """The protocol v2 message (one part) carrying what v1 message ``msg`` carried.
+
+    Stream ids and model names that v2 does not allow are mapped by :func:`v2_name`. v1
+    results had no event scores: an event gets the score of its own window's label (0 if
+    absent) and a stop gets ``since_ns`` = its own time.
+    """
+    from common.wire import codec, messages as m
+    from common.wire.topics import Kind as Kind2
+
+    h = msg.header
+    stream = v2_name(h.stream)
+    trace = [m.Hop(v2_name(hop.stage)[:32], max(hop.t_in_ns, 0), max(hop.t_out_ns, 0)) for hop in h.trace]
+    if h.kind in _AUDIO:
+        header = m.AudioHeader(
+            stream=stream, epoch=h.epoch, seq=h.seq, t_capture_ns=h.t_capture_ns, rate=h.rate,
+            channels=h.channels, format=m.SampleFormat(h.format), layout=m.Layout(h.layout), samples=h.frames,
+            offset=h.offset, flags=int(h.flags), source=_text(h.source, 256), trace=trace,
+        )
+        return codec.encode_audio(Kind2(h.kind.value), header, msg.payload)
+    if h.kind is Kind.HEARTBEAT:
+        return codec.encode(m.Heartbeat(
+            stream=stream, epoch=h.epoch, next_seq=h.seq, next_offset=h.offset, t_ns=max(h.t_capture_ns, 0),
+            rate=max(h.rate, 1), channels=max(h.channels, 1), format=m.SampleFormat(h.format),
+            state=m.HeartbeatState.RUNNING, source=_text(h.source, 256),
+        ))
+    body = msg.result()
+    scores = {str(lbl): _score(s) for lbl, s in body.get("labels", [])}
+    events = [
+        m.Event(label=_text(str(e["label"]), 128) or "?", state=e["state"], t_ns=int(e["t_ns"]),
+                score=scores.get(str(e["label"]), 0.0), since_ns=int(e["t_ns"]))
+        for e in body.get("events", [])
+    ]
+    level = None
+    if "rms_dbfs" in body:
+        level = m.Level(float(body["rms_dbfs"]), float(body.get("peak_dbfs", body["rms_dbfs"])),
+                        int(body.get("clipped", 0)))
+    result = m.Result(
+        stream=stream, model=v2_name(h.model or body.get("model", "model")), epoch=h.epoch, seq=h.seq,
+        start_ns=int(body["start_ns"]), end_ns=int(body["end_ns"]), offset=int(body.get("offset", 0)),
+        rate=max(h.rate, 1), seq_first=int(body.get("seq_first", 0)), seq_last=int(body.get("seq_last", 0)),
+        labels=[m.Label(_text(lbl, 128) or "?", s) for lbl, s in scores.items()], events=events,
+        flags=int(h.flags), level=level, final=bool(body.get("final", False)), trace=trace,
+    )
+    return codec.encode(result)
 
 
-def replace(h: Header, **changes: Any) -> Header:
-    """A copy of ``h`` with fields changed (dataclasses.replace, trace copied)."""
-    changes.setdefault("trace", list(h.trace))
-    return dataclasses.replace(h, **changes)
+def v2_name(name: str) -> str:
+    """A v1 stream id or model name as v2 allows it: letters, digits, '.', '_', '-' (others become '_')."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[:64]
+    if not out or out[0] in ".-":
+        out = "_" + out[:63]
+    return out
+
+
+def _text(s: str, n: int) -> str:
+    return "".join(c for c in s if c.isprintable())[:n]
+
+
+def _score(s: Any) -> float:
+    try:
+        v = float(s)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(max(v, 0.0), 1.0) if v == v else 0.0

@@ -5,7 +5,7 @@ Format version 1 (all integers little-endian; full table in docs/recording.md)::
     file header   magic b"\\x89SBREC\\r\\n" | u16 version | u16 flags (0) | u32 meta_len
                   | meta (msgpack map) | u32 crc32(all header bytes before it)
     record*       marker b"\\xa5SBR" | u32 body_len | u32 crc32(body_len bytes + body) | body
-    body          u64 t_recv_ns | u16 n_frames | n_frames x u32 frame_len | frames, concatenated
+    body          u64 t_recv_ns | u16 n_parts | n_parts x u32 part_len | parts, concatenated
 
 A file is append-only: records are written whole and flushed every ``flush_interval_s``,
 so a writer killed at any point (even SIGKILL) leaves complete records followed by at
@@ -15,8 +15,9 @@ next marker, and yields every record it can verify. It never raises on damaged r
 only a file that is not a recording at all (bad magic, unknown version) raises
 :class:`RecordingError`.
 
-The writer and reader only frame bytes: they never interpret the frames they store.
-common.recording_export reads them with common.protocol (``soundbus info``/``export``).
+The writer and reader only frame bytes: they never interpret the message parts they store.
+A record made by protocol v2 holds one part; one made by protocol v1 holds three, and
+common.recording.messages turns it into the v2 message it stands for.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ from typing import Any
 
 import msgpack
 
+from common.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FILE_MAGIC = b"\x89SBREC\r\n"  # PNG-style: a high byte and CRLF catch 7-bit and text-mode mangling
 RECORD_MARKER = b"\xa5SBR"
 MAX_META_BYTES = 64 * 1024
-MAX_FRAMES = 16  # a protocol message has 3; the format allows a few more
+MAX_FRAMES = 16  # parts per record: protocol v2 has 1, v1 had 3; the format allows a few more
 MAX_BODY_BYTES = 32 * 1024 * 1024  # > MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES + topic
 
 _FILE_FIXED = struct.Struct("<8sHHI")  # magic, version, flags, meta_len
@@ -52,8 +55,8 @@ _BODY_HEAD = struct.Struct("<QH")  # t_recv_ns, n_frames
 REC_HEAD_BYTES = _REC_HEAD.size  # 12
 
 
-class RecordingError(Exception):
-    """A file that cannot be read as a recording at all (its message says what to do)."""
+class RecordingError(UserError):
+    """A file that cannot be read or written as a recording (its message says what to do)."""
 
 
 @dataclass
@@ -70,7 +73,14 @@ class Record:
 
     @property
     def topic(self) -> bytes:
-        return self.frames[0] if self.frames else b""
+        """The message's topic: a v2 record's one part up to its NUL, a v1 record's first frame."""
+        if not self.frames:
+            return b""
+        first = self.frames[0]
+        if len(self.frames) == 1:
+            end = first.find(b"\0", 0, 161)
+            return bytes(first[:end]) if end >= 0 else b""
+        return bytes(first)
 
     @property
     def kind(self) -> str:
@@ -132,8 +142,9 @@ def encode_file_header(meta: dict[str, Any]) -> bytes:
 
 
 def default_meta(**extra: Any) -> dict[str, Any]:
-    """Metadata every recorder writes: creation time (ns), host, format version."""
-    return {"created_ns": time.time_ns(), "host": socket.gethostname(), "format": FORMAT_VERSION, **extra}
+    """Metadata every recorder writes: creation time (ns), host, format and protocol versions."""
+    return {"created_ns": time.time_ns(), "host": socket.gethostname(), "format": FORMAT_VERSION, "protocol": 2,
+            **extra}
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,8 +154,11 @@ def default_meta(**extra: Any) -> dict[str, Any]:
 class RecordingWriter:
     """Appends records to one new file; flushes to the OS every ``flush_interval_s`` seconds.
 
-    The OS keeps flushed bytes when the process dies, so SIGKILL loses at most the
-    last interval; ``fsync=True`` also survives power loss, at a cost per flush.
+    The OS keeps flushed bytes when the process dies, so SIGKILL loses at most the last
+    ``flush_interval_s``. A power loss can cost everything the OS has not written to the
+    disk yet (Linux writes dirty pages back within about 30 s by default); ``fsync_s``
+    bounds that: the file is fsync'ed about every ``fsync_s`` seconds (and at close), so a power
+    loss costs at most the last ``fsync_s`` + ``flush_interval_s``.
     """
 
     def __init__(
@@ -153,7 +167,7 @@ class RecordingWriter:
         meta: dict[str, Any] | None = None,
         flush_interval_s: float = 0.2,
         overwrite: bool = False,
-        fsync: bool = False,
+        fsync_s: float | None = None,
     ) -> None:
         self.path = Path(path)
         try:
@@ -163,15 +177,21 @@ class RecordingWriter:
         except OSError as e:
             raise RecordingError(f"cannot create {self.path}: {e.strerror}.") from None
         self.flush_interval_s = flush_interval_s
-        self.fsync = fsync
+        self.fsync_s = fsync_s
         self.records = 0
         self.bytes = 0
         self.first_t_ns: int | None = None
-        self._last_flush = time.monotonic()
+        self._last_flush = self._last_fsync = time.monotonic()
         header = encode_file_header(meta if meta is not None else default_meta())
-        self._f.write(header)
+        try:
+            self._f.write(header)
+            self.flush()  # a file that exists is a file that reads
+        except OSError as e:  # e.g. a full disk: leave no empty file behind
+            self._f.close()
+            self.path.unlink(missing_ok=True)
+            raise RecordingError(f"cannot write {self.path}: {e.strerror}; free some space or record elsewhere.") \
+                from None
         self.bytes += len(header)
-        self.flush()  # a file that exists is a file that reads
 
     def write(self, frames: Sequence[bytes | memoryview], t_recv_ns: int) -> int:
         """Append one record; returns its size in bytes."""
@@ -191,14 +211,17 @@ class RecordingWriter:
 
     def flush(self) -> None:
         self._f.flush()
-        if self.fsync:
+        now = self._last_flush = time.monotonic()
+        if self.fsync_s is not None and now - self._last_fsync >= self.fsync_s:
             os.fsync(self._f.fileno())
-        self._last_flush = time.monotonic()
+            self._last_fsync = now
 
     def close(self) -> None:
         if not self._f.closed:
             try:
-                self.flush()
+                self._f.flush()
+                if self.fsync_s is not None:
+                    os.fsync(self._f.fileno())
             finally:
                 self._f.close()
 
@@ -232,8 +255,10 @@ class RotatingWriter:
         meta: dict[str, Any] | None = None,
         overwrite: bool = False,
         flush_interval_s: float = 0.2,
+        fsync_s: float | None = None,
     ) -> None:
         self.base = Path(path)
+        self.fsync_s = fsync_s
         self.rotate_bytes = rotate_bytes
         self.rotate_s = rotate_s
         self.rotating = bool(rotate_bytes or rotate_s)
@@ -255,7 +280,7 @@ class RotatingWriter:
     def _open(self, index: int) -> RecordingWriter:
         path = segment_path(self.base, index) if self.rotating else self.base
         meta = {**self.meta, "segment": index} if self.rotating else self.meta
-        w = RecordingWriter(path, meta, self.flush_interval_s, overwrite=self.overwrite)
+        w = RecordingWriter(path, meta, self.flush_interval_s, overwrite=self.overwrite, fsync_s=self.fsync_s)
         self.paths.append(path)
         self.bytes += w.bytes
         return w

@@ -11,13 +11,16 @@ Flags shared by every stage are added here by :func:`add_stage_options`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.metrics import StageMetrics
-from common.sockets import CurveConfig, SocketOptions
+from common.errors import UserError
+from common.observe.metrics import StageMetrics
+from common.runtime.streams import DEFAULT_MAX_STREAMS
+from common.transport.sockets import MAX_HWM, CurveConfig, SocketOptions, check_endpoint, split_endpoint
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -51,12 +54,9 @@ def run(argv: Sequence[str] | None = None, registers: Sequence[Register] | None 
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except SystemExit as e:
-        # `raise SystemExit("soundbus: what to do")` is how a user error ends a command: exit 2, like argparse.
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            return 2
-        raise
+    except UserError as e:  # a mistake the user can fix: one sentence, exit 2 (like argparse), no traceback
+        print(e, file=sys.stderr)
+        return e.exit_code
 
 
 def main() -> None:
@@ -90,23 +90,40 @@ def add_stage_options(p: argparse.ArgumentParser, inputs: str | None, outputs: s
         )
         p.set_defaults(default_outputs=[outputs])
     g = p.add_argument_group("transport")
-    g.add_argument("--hwm", type=int, default=1000, help="messages queued per peer before dropping (default 1000)")
+    g.add_argument("--hwm", type=int_in(1, MAX_HWM), default=1000,
+                   help="messages queued per peer before dropping (default 1000)")
     g.add_argument("--curve-secret", type=Path, metavar="FILE", help="this side's NAME.key_secret: turns on CURVE")
     g.add_argument("--curve-server", type=Path, metavar="FILE",
                    help="public .key of the side we connect to: encrypts the connecting sockets")
     g.add_argument("--curve-allow", type=Path, metavar="DIR",
                    help="directory of client .key files allowed to connect: encrypts the bound sockets")
-    g.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT")
+    g.add_argument("--metrics-port", type=int_in(1, 65535), metavar="PORT",
+                   help="serve Prometheus metrics on 127.0.0.1:PORT")
+    g.add_argument("--health-file", type=Path, metavar="PATH",
+                   help="rewrite PATH about once a second with this stage's health as JSON (`soundbus health PATH`)")
+    if inputs is not None:
+        g.add_argument("--max-streams", type=int_in(1, 1_000_000), default=DEFAULT_MAX_STREAMS, metavar="N",
+                       help=f"streams held at once; more are refused and counted (default {DEFAULT_MAX_STREAMS})")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
 def inputs_of(args: argparse.Namespace) -> list[str]:
-    return args.input or args.default_inputs
+    """The --input addresses (checked: a bad one is a UserError naming it)."""
+    addrs = args.input or args.default_inputs
+    for a in addrs:
+        bind, addr = split_endpoint(a, False)
+        check_endpoint(addr, bind)
+    return addrs
 
 
 def outputs_of(args: argparse.Namespace) -> list[str]:
-    return args.output or args.default_outputs
+    """The --output addresses (checked)."""
+    addrs = args.output or args.default_outputs
+    for a in addrs:
+        bind, addr = split_endpoint(a, True)
+        check_endpoint(addr, bind)
+    return addrs
 
 
 def socket_options(args: argparse.Namespace) -> SocketOptions:
@@ -114,20 +131,50 @@ def socket_options(args: argparse.Namespace) -> SocketOptions:
     curve = None
     if args.curve_secret is not None:
         if args.curve_server is None and args.curve_allow is None:
-            raise SystemExit(
-                "soundbus: --curve-secret needs --curve-allow DIR (clients allowed on the addresses this stage binds) "
+            raise UserError(
+                "--curve-secret needs --curve-allow DIR (clients allowed on the addresses this stage binds) "
                 "and/or --curve-server KEY (the public key of what it connects to)."
             )
         curve = CurveConfig(args.curve_secret, args.curve_server, args.curve_allow)
     elif args.curve_server is not None or args.curve_allow is not None:
-        raise SystemExit("soundbus: --curve-server/--curve-allow need --curve-secret (this side's NAME.key_secret).")
-    if args.hwm < 1:
-        raise SystemExit(f"soundbus: --hwm must be at least 1, got {args.hwm}.")
+        raise UserError("--curve-server/--curve-allow need --curve-secret (this side's NAME.key_secret).")
     return SocketOptions(hwm=args.hwm, curve=curve)
 
 
-def stage_metrics(args: argparse.Namespace, stage: str) -> StageMetrics:
-    return StageMetrics(stage, port=args.metrics_port)
+def stage_metrics(args: argparse.Namespace, stage: str, summary_every_s: float = 10.0) -> StageMetrics:
+    return StageMetrics(stage, port=args.metrics_port, summary_every_s=summary_every_s)
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi], else a message naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}-{hi}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float, hi: float, unit: str = "") -> Callable[[str], float]:
+    """argparse type: a finite number in [lo, hi] (nan and inf refused), else a message naming the range."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{unit and ' of ' + unit}, got {text!r}") from None
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {lo:g}-{hi:g}{unit and ' ' + unit}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
 
 
 def verbosity(args: argparse.Namespace) -> int:

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import zmq
 
-from common.metrics import StageMetrics
-from common.sockets import SocketOptions, open_socket
-from common.stage import StopFlag
+from common.observe.metrics import StageMetrics
+from common.runtime.stage import StopFlag
+from common.transport.sockets import SocketOptions, open_socket
 
 log = logging.getLogger("proxy")
 

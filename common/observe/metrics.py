@@ -2,6 +2,9 @@
 
 The plain counters are the source of truth (tests and the log line read them);
 when ``--metrics-port`` is given the same numbers are exported with prometheus-client.
+Per-stream counters exist only for the streams a stage holds: ``forget(stream)`` folds a
+stream's counts into the totals and drops its Prometheus series, so neither the counters
+nor the exported label sets grow with the number of stream ids ever seen.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,9 @@ class StageMetrics:
         self.drops: Counter[str] = Counter()  # messages/windows this stage dropped on purpose, by reason
         self.bad: Counter[str] = Counter()  # rejected input messages, by reason
         self.events: Counter[str] = Counter()  # anything else worth counting (epoch changes, resets, ...)
+        self.retired_in = 0  # counts of streams forgotten
+        self.retired_out = 0
+        self.retired_gaps = 0
         self.summary_every_s = summary_every_s
         self._last_summary = time.monotonic()
         self._prom = _Prometheus(stage, port) if port else None
@@ -45,6 +53,26 @@ class StageMetrics:
         self.gaps[stream] += missing
         if self._prom:
             self._prom.gaps.labels(self.stage, stream).inc(missing)
+
+    def forget(self, stream: str) -> None:
+        """Fold one stream's counters into the totals (the stage no longer holds it)."""
+        self.retired_in += self.frames_in.pop(stream, 0)
+        self.retired_out += self.frames_out.pop(stream, 0)
+        self.retired_gaps += self.gaps.pop(stream, 0)
+        if self._prom:
+            self._prom.forget(self.stage, stream)
+
+    @property
+    def total_in(self) -> int:
+        return self.retired_in + sum(self.frames_in.values())
+
+    @property
+    def total_out(self) -> int:
+        return self.retired_out + sum(self.frames_out.values())
+
+    @property
+    def total_gaps(self) -> int:
+        return self.retired_gaps + sum(self.gaps.values())
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] += n
@@ -83,15 +111,12 @@ class StageMetrics:
         log.info("%s", self.summary() + (f" {extra}" if extra else ""))
 
     def summary(self) -> str:
-        def total(c: Counter[str]) -> int:
-            return sum(c.values())
-
         def detail(c: Counter[str]) -> str:
             return ",".join(f"{k}={v}" for k, v in sorted(c.items())) or "0"
 
         return (
-            f"{self.stage}: streams={len(self.frames_in | self.frames_out)} in={total(self.frames_in)} "
-            f"out={total(self.frames_out)} gaps={total(self.gaps)} drops={detail(self.drops)} "
+            f"{self.stage}: streams={len(self.frames_in.keys() | self.frames_out.keys())} in={self.total_in} "
+            f"out={self.total_out} gaps={self.total_gaps} drops={detail(self.drops)} "
             f"bad={detail(self.bad)}"
         )
 
@@ -114,9 +139,17 @@ class _Prometheus:
         self.queue = pc.Gauge("soundbus_queue_depth", "Items waiting in the stage", ["stage"], registry=reg)
         try:
             pc.start_http_server(port, addr="127.0.0.1", registry=reg)
-        except OSError as e:
-            raise SystemExit(
-                f"soundbus: cannot serve metrics on 127.0.0.1:{port} ({e.strerror}); choose another --metrics-port."
+        except (OSError, OverflowError) as e:
+            raise UserError(
+                f"cannot serve metrics on 127.0.0.1:{port} ({getattr(e, 'strerror', None) or e}); "
+                "choose another --metrics-port (1-65535, not in use)."
             ) from None
         log.info("metrics at http://127.0.0.1:%d/metrics", port)
+
+    def forget(self, stage: str, stream: str) -> None:
+        for metric in (self.frames_in, self.frames_out, self.gaps):
+            try:
+                metric.remove(stage, stream)
+            except KeyError:
+                pass
 

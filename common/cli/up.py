@@ -19,12 +19,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.process import ChildProcess, WaitTimeout
-from common.stage import StopFlag, setup_logging
+from common.cli.main import float_in, int_in
+from common.cli.process import ChildProcess, WaitTimeout
+from common.errors import UserError
+from common.runtime.stage import StopFlag, setup_logging
 
 log = logging.getLogger("soundbus.up")
 
-DEMO_RECORDING = Path(__file__).parent / "data" / "demo.wav"
+DEMO_RECORDING = Path(__file__).parents[1] / "data" / "demo.wav"
 _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 
@@ -70,10 +72,10 @@ def plan(args: argparse.Namespace) -> list[Child]:
     raw, tensor = f"{host}:{p}", f"{host}:{p + 1}"
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if not models:
-        raise SystemExit("soundbus: --model needs at least one model name, e.g. --model vad or --model vad,yamnet.")
+        raise UserError("--model needs at least one model name, e.g. --model vad or --model vad,yamnet.")
     results = [f"{host}:{p + 2 + i}" for i in range(len(models))]
     v = args.verbose > 0
-    tail_argv = _module("common.cli", "tail", *[a for r in results for a in ("--input", r)])
+    tail_argv = _module("classify.tail", *[a for r in results for a in ("--input", r)])
     if args.json:
         tail_argv.append("--json")
     children = [Child("tail", tail_argv, v)]
@@ -154,12 +156,12 @@ def _fail(children: list[Child], c: Child, what: str, stop: StopFlag) -> int:
 
 def _stop_all(children: list[Child]) -> None:
     # Upstream first, so the stages below see the end of their input before they stop.
-    for c in reversed(children):
-        if c.proc is not None:
-            c.proc.send_signal(signal.SIGTERM)
-    for c in reversed(children):
-        if c.proc is not None and c.proc.stop(signal.SIGTERM, timeout=5.0) == -signal.SIGKILL:
-            print(f"soundbus up: {c.name} did not stop in 5 s; killed it.", file=sys.stderr)
+    running = [c for c in reversed(children) if c.proc is not None and not c.exited()]
+    for c in running:
+        c.proc.send_signal(signal.SIGTERM)
+    for c in running:
+        if c.proc.stop_report(signal.SIGTERM, timeout=5.0) == "killed":
+            print(f"soundbus up: {c.name} did not stop in 5 s after SIGTERM; killed it.", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -179,7 +181,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
     p.add_argument("--fast", action="store_true", help="play a file source as fast as possible, not in real time")
     p.add_argument("--loop", action="store_true", help="loop a file source")
-    p.add_argument("--base-port", type=int, default=5550, help="raw on PORT, tensors on PORT+1, results from PORT+2")
-    p.add_argument("--start-timeout", type=float, default=60.0, help="seconds a stage may take to start (default 60)")
+    p.add_argument("--base-port", type=int_in(1024, 65000), default=5550,
+                   help="raw on PORT, tensors on PORT+1, results from PORT+2 (default 5550)")
+    p.add_argument("--start-timeout", type=float_in(1, 3600, "s"), default=60.0,
+                   help="seconds a stage may take to start (default 60)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="show every stage's log")
     p.set_defaults(func=run_up)

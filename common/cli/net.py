@@ -1,0 +1,125 @@
+"""``soundbus proxy`` (the broker of the brokered topology), ``soundbus keys`` (CURVE key pairs) and
+``soundbus health`` (a stage's health file, for container health checks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from common.cli.main import add_stage_options, float_in, socket_options, stage_metrics, verbosity
+from common.errors import UserError
+from common.runtime.stage import StopFlag, setup_logging
+from common.transport.sockets import DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, check_endpoint
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "proxy",
+        help="XSUB/XPUB forwarder: publishers connect to --frontend, subscribers to --backend",
+        description=(
+            "Brokered topology: every publisher connects to the frontend ('--output >tcp://HOST:5560'), every "
+            "subscriber to the backend ('--input tcp://HOST:5561'). Subscriptions are forwarded to the publishers, "
+            "so topic filtering still happens where the data is produced. With --curve-secret both sides are CURVE "
+            "servers that admit only the clients whose .key files are in --curve-allow."
+        ),
+    )
+    p.add_argument(
+        "--frontend",
+        action="append",
+        metavar="ADDR",
+        help=f"where publishers connect (XSUB, binds; repeatable; default {DEFAULT_PROXY_IN})",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        metavar="ADDR",
+        help=f"where subscribers connect (XPUB, binds; repeatable; default {DEFAULT_PROXY_OUT})",
+    )
+    add_stage_options(p, inputs=None, outputs=None)
+    p.set_defaults(func=_proxy)
+
+    k = sub.add_parser(
+        "keys",
+        help="create a CURVE key pair NAME.key (public) and NAME.key_secret in DIR",
+        description="Create a CURVE key pair for one box or stage, and print where each file goes.",
+    )
+    k.add_argument("dir", type=Path, metavar="DIR", help="directory to write the pair into (created if missing)")
+    k.add_argument("name", metavar="NAME", help="key name, e.g. capture-box1 or inference")
+    k.set_defaults(func=_keys)
+
+    h = sub.add_parser(
+        "health",
+        help="exit 0 if a stage's --health-file says it is healthy and is fresh, 1 otherwise",
+        description="Read the file a stage writes with --health-file (about once a second) and exit 0 when it is "
+        "fresh and healthy (input connected, messages flowing), 1 otherwise; for container health checks.",
+    )
+    h.add_argument("path", type=Path, metavar="PATH", help="the stage's --health-file")
+    h.add_argument("--max-age", type=float_in(0.5, 3600, "s"), default=10.0, metavar="S",
+                   help="the file must have been written within S seconds (default 10)")
+    h.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    h.set_defaults(func=_health)
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    from common.transport.proxy import serve
+
+    setup_logging(verbosity(args))
+    opts = socket_options(args)
+    for addr in (args.frontend or []) + (args.backend or []):
+        check_endpoint(addr.lstrip("@"), bind=True)
+    if opts.curve is not None and opts.curve.allow_dir is None:
+        raise UserError("the proxy binds both sides, so CURVE needs --curve-allow DIR of client .key files.")
+    stop = StopFlag()
+    metrics = stage_metrics(args, "proxy")
+    return serve(args.frontend or [DEFAULT_PROXY_IN], args.backend or [DEFAULT_PROXY_OUT], opts, metrics, stop)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from common.transport.keys import create_keypair
+
+    pub, sec = create_keypair(args.dir, args.name)
+    print(
+        f"created {pub} (public) and {sec} (secret, mode 600)\n"
+        f"- keep {sec.name} on this box only; pass it as --curve-secret {sec}\n"
+        f"- if this side binds (a CURVE server): give {pub.name} to every box that connects to it; they pass it "
+        f"as --curve-server FILE\n"
+        f"- if this side connects (a client): copy {pub.name} into the --curve-allow DIR of each box it connects "
+        f"to, then restart that stage (allow lists are read at start)"
+    )
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """0 when the health file is fresh and says ok; 1 (with the reason) otherwise."""
+    try:
+        text = args.path.read_text()
+        status = json.loads(text)
+        age = time.time() - float(status["t"])
+        ok = bool(status["ok"])
+    except FileNotFoundError:
+        why = f"{args.path} does not exist (is the stage running with --health-file {args.path}?)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = f"{args.path} is not a health file ({e})"
+    else:
+        if age > args.max_age:
+            why = f"stale: written {age:.0f} s ago (the stage is stuck or gone)"
+        elif not ok:
+            why = ("input not connected" if not status.get("input_connected", True)
+                   else f"no input for {status.get('seconds_since_input', '?')} s")
+        else:
+            if not args.quiet:
+                print(f"healthy: {status.get('stage', '?')} in={status.get('messages_in')} "
+                      f"out={status.get('messages_out')}")
+            return 0
+    if not args.quiet:
+        print(f"unhealthy: {why}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":  # python -m common.cli.net proxy|keys|health ... (no other package needed)
+    from common.cli.main import run
+
+    sys.exit(run(sys.argv[1:], registers=[register]))

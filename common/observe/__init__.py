@@ -1,0 +1,1 @@
+"""What a stage tells its operator: counters (log line and Prometheus) and rate-limited logs."""

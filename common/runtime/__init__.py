@@ -1,0 +1,1 @@
+"""The one stage loop (Runtime) and the per-stream bookkeeping every stage shares."""
