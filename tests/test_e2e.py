@@ -92,8 +92,8 @@ def test_speech_detected_in_its_time_span_silence_and_tone_not(procs, collector,
     assert not results.bad, results.bad
     by_stream: dict[str, list] = defaultdict(list)
     for m in msgs:
-        assert m.header.model == "vad" and m.header.kind == Kind.RESULT
-        by_stream[m.header.stream].append(m)
+        assert m.header.model == "vad" and m.kind == Kind.RESULT
+        by_stream[m.stream].append(m)
     assert set(by_stream) == set(wavs), f"results for {set(by_stream)}\nconvert:\n{convert.log()}"
 
     for name, (_, s0, s1) in wavs.items():
@@ -103,11 +103,11 @@ def test_speech_detected_in_its_time_span_silence_and_tone_not(procs, collector,
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), name
         # the windows tile the whole file (16 kHz): no audio skipped
         first, last = rs[0].result(), rs[-1].result()
-        covered_s = (last["offset"] + last.get("frames", rs[-1].header.frames)) / 16000
+        covered_s = (last["offset"] + last.get("frames", rs[-1].header.samples)) / 16000
         duration = {"speech": LEAD_S + TRAIL_S + (s1 - s0), "tone": 3.0, "silence": 3.0}[name]
         assert first["offset"] == 0 and covered_s >= duration - 0.2, (name, first["offset"], covered_s)
         speech_windows = [
-            (r["offset"] / 16000, (r["offset"] + m.header.frames) / 16000)
+            (r["offset"] / 16000, (r["offset"] + m.header.samples) / 16000)
             for m in rs
             for r in [m.result()]
             if dict(r["labels"]).get("speech", 0.0) > 0.5

@@ -25,7 +25,7 @@ def results_by_stream(messages) -> dict[str, list[dict]]:
     for m in messages:
         body = m.result()
         body["_header"] = m.header
-        out.setdefault(m.header.stream, []).append(body)
+        out.setdefault(m.stream, []).append(body)
     return out
 
 
@@ -144,7 +144,7 @@ def test_two_streams_batched_equal_unbatched(procs, start, tcp, collector, tenso
     cut = audio.alsa_speech("Front_Left.wav")[: 16000 + 100]  # "Front Le..."
     src.t0 = time.time_ns()
     src.send("cut", cut, end=True)
-    col.collect(lambda ms: any(m.header.stream == "cut" and m.result().get("final") for m in ms), timeout=30)
+    col.collect(lambda ms: any(m.stream == "cut" and m.result().get("final") for m in ms), timeout=30)
 
     got = results_by_stream(col.messages)
     last = got["cut"][-1]
@@ -279,8 +279,8 @@ def test_shards_split_streams_between_workers(procs, start, tcp, collector, tens
     c1.collect(lambda ms: len(ms) >= 15, timeout=30)
     c0.drain(quiet_s=0.5)
     c1.drain(quiet_s=0.5)
-    got0 = {m.header.stream for m in c0.messages}
-    got1 = {m.header.stream for m in c1.messages}
+    got0 = {m.stream for m in c0.messages}
+    got1 = {m.stream for m in c1.messages}
     assert got0 == {s for s in names if bucket_of(s) % 2 == 0} and got1 == {s for s in names if bucket_of(s) % 2 == 1}
     assert len(c0.messages) == len(c1.messages) == 15
 
@@ -319,7 +319,7 @@ def test_live_streams_wait_for_one_shared_model_call(procs, start, tcp, collecto
     assert counter(single, "batches") >= 2 * rounds, f"windows waited without --batch-wait-ms: {single}"
 
     def scores(col):
-        return sorted((m.header.stream, m.result()["offset"], tuple(map(tuple, m.result()["labels"])))
+        return sorted((m.stream, m.result()["offset"], tuple(map(tuple, m.result()["labels"])))
                       for m in col.messages)
 
     assert scores(cols[0]) == scores(cols[1])

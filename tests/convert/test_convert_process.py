@@ -63,7 +63,7 @@ def start_convert(procs, raw: str, out: str, *extra: str):
 
 def until_end(streams: set[str]):
     def done(msgs: list[Message]) -> bool:
-        return {m.header.stream for m in msgs if m.header.flags & Flag.END} >= streams
+        return {m.stream for m in msgs if m.header.flags & Flag.END} >= streams
     return done
 
 
@@ -73,7 +73,7 @@ def counts(line: str, key: str) -> dict[str, int]:
 
 
 def of_stream(msgs: list[Message], stream: str) -> list[Message]:
-    return [m for m in msgs if m.header.stream == stream]
+    return [m for m in msgs if m.stream == stream]
 
 
 def malformed(i: int) -> list[list]:
@@ -184,7 +184,7 @@ def test_two_shards_convert_every_stream_exactly_once(procs, zctx, collector) ->
         mine = {s for s in streams if shard_of[s] == k}
         msgs = cols[k].collect(until_end(mine), timeout=20)
         cols[k].drain(quiet_s=0.3)
-        assert {m.header.stream for m in cols[k].messages} == mine
+        assert {m.stream for m in cols[k].messages} == mine
         for s in mine:
             got = of_stream(cols[k].messages, s)
             assert [m.header.seq for m in got] == list(range(len(got)))

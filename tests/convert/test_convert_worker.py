@@ -56,7 +56,7 @@ def converter(**kw) -> Converter:
 
 
 def samples(msgs: list[Message]) -> np.ndarray:
-    return np.concatenate([np.frombuffer(m.payload, "<f4").reshape(m.header.channels, m.header.frames) for m in msgs],
+    return np.concatenate([np.frombuffer(m.payload, "<f4").reshape(m.header.channels, m.header.samples) for m in msgs],
                           axis=1)
 
 
@@ -134,7 +134,7 @@ def test_long_gap_resets_and_re_anchors_at_the_next_frame() -> None:
     r = resumed[0].header
     assert r.offset == 15 * 960 // 3 and r.t_capture_ns == msgs[15].header.t_capture_ns
     before = [m for m in out if m.header.offset < r.offset]
-    assert before[-1].header.offset + before[-1].header.frames <= r.offset  # the tail was flushed, short
+    assert before[-1].header.offset + before[-1].header.samples <= r.offset  # the tail was flushed, short
     np.testing.assert_array_equal(samples(before)[0], mono_reference(x[:, : 5 * 960]))
     after = samples([m for m in out if m.header.offset >= r.offset])[0]
     np.testing.assert_array_equal(after, mono_reference(x[:, 15 * 960 :])[: len(after)])
@@ -157,7 +157,7 @@ def test_new_epoch_flushes_the_old_one_with_end_and_restarts_numbering() -> None
                                                                       epoch=2) for i in range(1, 10)])
     old = [m for m in out if m.header.epoch == 1]
     new = [m for m in out if m.header.epoch == 2]
-    assert old[-1].header.flags & Flag.END and old[-1].header.frames < 512
+    assert old[-1].header.flags & Flag.END and old[-1].header.samples < 512
     assert new[0].header.seq == 0 and new[0].header.offset == 0
     assert new[0].header.flags & Flag.DISCONTINUITY  # the old epoch did not end cleanly
     assert conv.metrics.events["epoch_change"] == 1
@@ -171,7 +171,7 @@ def test_format_change_mid_stream_resets_and_keeps_numbering() -> None:
     out += feed(conv, [raw("mic", 10 + i, y[:, i * 480 : (i + 1) * 480], 9600 + i * 480, rate=24_000, fmt="s24",
                            layout="planar") for i in range(10)])
     assert [m.header.seq for m in out] == list(range(len(out)))
-    offs = [(m.header.offset, m.header.frames) for m in out]
+    offs = [(m.header.offset, m.header.samples) for m in out]
     assert all(a + n <= b for (a, n), (b, _) in zip(offs, offs[1:]))
     assert sum(1 for m in out if m.header.flags & Flag.DISCONTINUITY) == 1
     assert conv.metrics.events["reset_format"] == 1
@@ -209,7 +209,7 @@ def test_a_converter_joining_mid_epoch_numbers_above_any_previous_instance() -> 
     second = converter()  # e.g. the stage restarted: it sees the stream from seq 33 on
     after = feed(second, msgs[33:])
     assert after[0].header.seq > before[-1].header.seq
-    assert after[0].header.offset >= before[-1].header.offset + before[-1].header.frames
+    assert after[0].header.offset >= before[-1].header.offset + before[-1].header.samples
     assert after[0].header.flags & Flag.DISCONTINUITY and not before[0].header.flags
 
 
@@ -239,7 +239,7 @@ def test_idle_stream_tail_is_flushed_and_its_next_frame_restarts() -> None:
     conv = converter()
     out = feed(conv, msgs[:10])
     tail = [decode(f) for f in conv.flush_idle(0.0, 0)]
-    assert tail and tail[-1].header.frames < 512
+    assert tail and tail[-1].header.samples < 512
     assert not conv.flush_idle(0.0, 0)  # once
     more = feed(conv, msgs[10:])
     assert more[0].header.flags & Flag.DISCONTINUITY if more else True
@@ -255,7 +255,7 @@ def test_long_silent_streams_are_evicted_and_numbering_stays_monotonic_when_they
     assert "mic" not in conv.states and conv.metrics.events["stream_evicted"] == 1
     back = feed(conv, msgs[12:])
     assert back[0].header.seq > out[-1].header.seq and back[0].header.flags & Flag.DISCONTINUITY
-    assert back[0].header.offset >= out[-1].header.offset + out[-1].header.frames
+    assert back[0].header.offset >= out[-1].header.offset + out[-1].header.samples
 
 
 def test_low_delay_quality_publishes_each_frame_once_its_input_and_look_ahead_are_in() -> None:
@@ -267,7 +267,7 @@ def test_low_delay_quality_publishes_each_frame_once_its_input_and_look_ahead_ar
     for i, m in enumerate(frames_of(x, [960] * 25)):
         out += feed(conv, [m])
         ready = (960 * (i + 1) - 1 - 61) // 3 + 1  # 16 kHz samples whose 61-sample look-ahead has arrived
-        assert sum(f.header.frames for f in out) == ready // 512 * 512
+        assert sum(f.header.samples for f in out) == ready // 512 * 512
     got = samples(out)[0]
     ld = LowDelayResampler(IN_RATE, 16000, 1).process(x.mean(axis=0).astype(np.float32), last=True)
     np.testing.assert_array_equal(got, ld[: len(got)])

@@ -64,7 +64,7 @@ def test_proxy_with_curve_admits_only_allowed_keys_both_ways(procs, keyring: Key
     finally:
         for f in feeders:
             f.stop()
-    assert {m.header.stream for m in got} == {"good"}, "an unauthenticated publisher injected messages"
+    assert {m.stream for m in got} == {"good"}, "an unauthenticated publisher injected messages"
     seqs = [m.header.seq for m in got]
     assert seqs == sorted(seqs)
     assert drain(sub_rogue) == [], "a subscriber with a key not in the allow list received messages"
@@ -119,7 +119,7 @@ def test_stage_input_bound_as_curve_server_takes_only_allowed_publishers(procs, 
     while len(got) < 60:  # ~2 s of the allowed capture, all after the rogue was refused
         assert out.poll(20_000), f"no tensors from the allowed capture:\n{convert.log()}"
         got.append(decode(out.recv_multipart()))
-    assert {m.header.stream for m in got} == {"good"}, "an unauthenticated capture injected a stream"
+    assert {m.stream for m in got} == {"good"}, "an unauthenticated capture injected a stream"
     assert plain.proc.poll() is None and all(c.proc.poll() is None for c in caps)
 
 
@@ -196,7 +196,7 @@ def test_curve_is_per_direction_encrypted_input_plain_loopback_output(procs, key
     plain.setsockopt(zmq.SUBSCRIBE, topic_for(Kind.TENSOR))
     plain.connect(tensor)
     assert plain.poll(20_000), f"no plain tensors on loopback:\n{convert.log()}"
-    assert decode(plain.recv_multipart()).header.stream == "t"
+    assert decode(plain.recv_multipart()).stream == "t"
     # and the network side really is encrypted: a plain subscriber to the capture gets nothing
     sniff = ctx.socket(zmq.SUB)
     sniff.setsockopt(zmq.LINGER, 0)

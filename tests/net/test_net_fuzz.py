@@ -65,9 +65,9 @@ def _fuzz_stage(ctx, stage: StageProcess, hostile: zmq.Socket, out: zmq.Socket, 
                 f"stage stopped serving ({len(got[valid])} valid, {len(got['fuzzend'])} sentinel):\n{stage.log()}"
             )
             msg = decode(out.recv_multipart())
-            cont, missing = tracker.check(msg.header.stream, msg.header.epoch, msg.header.seq)
-            assert cont in (Continuity.FIRST, Continuity.NEXT), f"{msg.header.stream}: {cont.value} ({missing} missing)"
-            got[msg.header.stream].append((time.monotonic(), msg))
+            cont, missing = tracker.check(msg.stream, msg.header.epoch, msg.header.seq)
+            assert cont in (Continuity.FIRST, Continuity.NEXT), f"{msg.stream}: {cont.value} ({missing} missing)"
+            got[msg.stream].append((time.monotonic(), msg))
 
     receive(lambda: len(got[valid]) >= 3, 60)  # the valid stream flows
     messages = fuzz_messages(kind, N_FUZZ, seed=20261125)

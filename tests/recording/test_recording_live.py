@@ -122,9 +122,9 @@ def test_committed_two_stream_recording_drives_convert(procs, collector) -> None
     rep = soundbus(procs, "replay", str(TWO_STREAMS), "--output", addr, "--fast")
     assert rep.wait(30) == 0, rep.log()
     out = tensors(col, 2)
-    by_stream = {s: [m for m in out if m.header.stream == s] for s in ("room48", "speech16")}
+    by_stream = {s: [m for m in out if m.stream == s] for s in ("room48", "speech16")}
     for s, ms in by_stream.items():
         assert ms and all(m.header.rate == 16000 and m.header.format == "f32" for m in ms), s
-        frames = sum(m.header.frames for m in ms)
+        frames = sum(m.header.samples for m in ms)
         assert abs(frames - {"room48": 16000, "speech16": 23681}[s]) <= 512, (s, frames)
     assert not col.bad
