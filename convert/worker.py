@@ -115,7 +115,7 @@ class ConvertLogic:
         trace = conv.trace[-(MAX_TRACE_HOPS - 1):] + [Hop(STAGE, t_in_ns, time.time_ns())]
         for c in chunks:
             h = AudioHeader(
-                stream=conv.stream, epoch=conv.epoch, seq=c.seq, t_capture_ns=c.t_capture_ns, rate=self.cfg.rate,
+                stream=conv.stream, epoch=c.epoch, seq=c.seq, t_capture_ns=c.t_capture_ns, rate=self.cfg.rate,
                 channels=c.samples.shape[0], format=SampleFormat.F32, layout=Layout.PLANAR,
                 samples=c.samples.shape[1], offset=c.offset, flags=c.flags, lost=c.lost, source=conv.source,
                 trace=trace,
