@@ -76,7 +76,7 @@ class StreamSlot:
             gap = max(h.offset - w.next_index, 0) if cont is not Continuity.NEW_EPOCH else 0
             if cont is Continuity.GAP:
                 gap = max(gap, missing * self.last_samples)
-            if cont in (Continuity.NEW_EPOCH, Continuity.GAP, Continuity.RESTART) or h.flags & _DISC or gap:
+            if cont in (Continuity.NEW_EPOCH, Continuity.GAP, Continuity.RESTART) or h.flags & _DISC or gap or h.lost:
                 serve_now(self)
                 if cont is Continuity.NEW_EPOCH:
                     self.epoch, self.result_seq = h.epoch, 0
