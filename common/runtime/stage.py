@@ -212,11 +212,12 @@ class Runtime:
                 next_housekeeping = now.mono + HOUSEKEEPING_S
                 self._housekeeping(logic, inp)
         final = logic.finish(Now.read())
-        if final and out is not None:
-            self._send(out, final, wait_s=1.0)
+        if out is not None and (final or self._pending):
+            # what is owed still goes out: a nodrop output waits for room, up to its linger
+            self._send(out, final, wait_s=out.linger_ms / 1000, at_stop=True)
         log.info("%s %s", self.metrics.summary(), logic.summary())
 
-    def _send(self, out: Outbox | None, messages: Sequence[bytes], wait_s: float = 0.0) -> None:
+    def _send(self, out: Outbox | None, messages: Sequence[bytes], wait_s: float = 0.0, at_stop: bool = False) -> None:
         if out is None:
             return
         if not out.nodrop:
@@ -228,7 +229,7 @@ class Runtime:
             if self._try(out):
                 continue
             left = deadline - time.monotonic()
-            if left <= 0 or self.stop:
+            if left <= 0 or (self.stop and not at_stop):
                 return
             out.socket.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLOUT)
 

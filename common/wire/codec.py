@@ -175,8 +175,8 @@ def decode(data: bytes | memoryview) -> Message:
         header = _DECODERS[kind].decode(view[start : start + hlen])
     except msgspec.ValidationError as e:
         raise ProtocolError("bad_field", _name_fields(str(e), _STRUCTS[kind])) from None
-    except msgspec.DecodeError as e:
-        raise ProtocolError("bad_msgpack", str(e)[:200]) from None
+    except Exception as e:  # msgspec.DecodeError, and UnicodeDecodeError for bad UTF-8: hostile input
+        raise ProtocolError("bad_msgpack", f"{type(e).__name__}: {str(e)[:200]}") from None
     payload = view[start + hlen :]
     if kind is Kind.RAW or kind is Kind.TENSOR:
         h: AudioHeader = header
