@@ -38,7 +38,7 @@ from common.runtime.stage import Now, Runtime, StopFlag
 from common.runtime.streams import DEFAULT_MAX_STREAMS, StreamTable
 from common.transport.sockets import SocketOptions
 from common.wire.codec import Audio, encode
-from common.wire.messages import MAX_TRACE_HOPS, Flag, Hop, Label, Level, Result
+from common.wire.messages import I64_MAX, MAX_TRACE_HOPS, Flag, Hop, Label, Level, Result
 from common.wire.topics import Kind, shard_prefixes
 
 log = logging.getLogger("classify")
@@ -326,7 +326,7 @@ class ClassifyLogic:
             stream=slot.stream, model=spec.name, epoch=slot.epoch, seq=slot.result_seq,
             start_ns=win.start_ns, end_ns=win.end_ns if final_end_ns is None else final_end_ns,
             offset=win.offset, rate=spec.rate, seq_first=win.seq_first, seq_last=win.seq_last,
-            labels=labels, events=events, flags=flags, lost_ns=slot.lost * 1_000_000_000 // spec.rate,
+            labels=labels, events=events, flags=flags, lost_ns=min(slot.lost * 1_000_000_000 // spec.rate, I64_MAX),
             level=_level(extra), final=final_end_ns is not None,
             trace=win.last.trace[-(MAX_TRACE_HOPS - 1):] + [Hop(STAGE, hop_in, time.time_ns())],
         )

@@ -28,7 +28,7 @@ from common.runtime.stage import Now, Runtime, StopFlag
 from common.runtime.streams import DEFAULT_MAX_STREAMS, StreamTable
 from common.transport.sockets import SocketOptions
 from common.wire.codec import Audio, encode_audio
-from common.wire.messages import MAX_PAYLOAD_BYTES, MAX_TRACE_HOPS, AudioHeader, Hop, Layout, SampleFormat
+from common.wire.messages import I64_MAX, MAX_PAYLOAD_BYTES, MAX_TRACE_HOPS, AudioHeader, Hop, Layout, SampleFormat
 from common.wire.topics import Kind, shard_prefixes
 from convert.formats import FormatError
 from convert.resample import rate_supported
@@ -117,7 +117,7 @@ class ConvertLogic:
             h = AudioHeader(
                 stream=conv.stream, epoch=c.epoch, seq=c.seq, t_capture_ns=c.t_capture_ns, rate=self.cfg.rate,
                 channels=c.samples.shape[0], format=SampleFormat.F32, layout=Layout.PLANAR,
-                samples=c.samples.shape[1], offset=c.offset, flags=c.flags, lost=c.lost, source=conv.source,
+                samples=c.samples.shape[1], offset=c.offset, flags=c.flags, lost=min(c.lost, I64_MAX), source=conv.source,
                 trace=trace,
             )
             out.append(encode_audio(Kind.TENSOR, h, memoryview(c.samples).cast("B")))

@@ -27,6 +27,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ from typing import Any, Protocol
 
 import zmq
 
+from common.errors import UserError
 from common.observe.metrics import StageMetrics
+from common.observe.ratelog import RateLimitedLog
 from common.transport.inbox import MAX_BATCH, Inbox, Poller
 from common.transport.outbox import Outbox
 from common.transport.sockets import SocketOptions
@@ -168,6 +171,7 @@ class Runtime:
         self.poller = Poller()
         self.health = HealthFile(health_file, stage) if health_file else None
         self._closers: list[Any] = []
+        self._errors = RateLimitedLog(log, every_s=60.0, burst=3)
         self._pending: deque[bytes] = deque()  # refused by a nodrop output, sent first next turn
 
     # -- building ------------------------------------------------------------------------
@@ -204,8 +208,16 @@ class Runtime:
                 timeout = IDLE_WAKE_S if wake is None else min(max(wake, 0.0), IDLE_WAKE_S)
                 batch = inp.receive(timeout, gather_s, limit)
                 now = Now.read()
-                sends = logic.handle(batch, now) if batch else []
-                sends += logic.tick(now)
+                try:
+                    sends = logic.handle(batch, now) if batch else []
+                    sends += logic.tick(now)
+                except UserError:
+                    raise
+                except Exception:  # a bug must cost one batch, not the stage: counted, logged with its traceback
+                    self.metrics.bad_message("stage_error")
+                    self._errors.log(logging.ERROR, "stage_error", f"{self.stage}: a batch of {len(batch)} "
+                                     f"message(s) failed and was dropped:\n{traceback.format_exc(limit=8)}")
+                    sends = []
                 if sends:
                     self._send(out, sends)
             if now.mono >= next_housekeeping:
