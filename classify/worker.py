@@ -36,6 +36,7 @@ from common.observe.metrics import StageMetrics
 from common.observe.ratelog import RateLimitedLog
 from common.runtime.stage import Now, Runtime, StopFlag
 from common.runtime.streams import DEFAULT_MAX_STREAMS, StreamTable
+from common.transport.inbox import MAX_BATCH
 from common.transport.sockets import SocketOptions
 from common.wire.codec import Audio, encode
 from common.wire.messages import I64_MAX, MAX_TRACE_HOPS, Flag, Hop, Label, Level, Result
@@ -83,12 +84,16 @@ class ClassifyLogic:
         self.model_cpu_s = 0.0
         self._out: list[bytes] = []
         self._next_idle_check = 0.0
+        self._backlog = False
 
     # ---- the batch -------------------------------------------------------------------
 
     def handle(self, batch: list[Audio], now: Now) -> list[bytes]:
         for msg in batch:
             self._accept(msg, now)
+        # A full batch means more is queued: a stream that looks idle may only be waiting in the
+        # queue behind others, so nobody is flushed as idle until the input is drained.
+        self._backlog = len(batch) >= MAX_BATCH
         return self.tick(now)
 
     def _accept(self, msg: Audio, now: Now) -> None:
@@ -161,7 +166,7 @@ class ClassifyLogic:
 
     def tick(self, now: Now) -> list[bytes]:
         self.shed_stale(now.wall_ns)
-        if now.mono >= self._next_idle_check:
+        if now.mono >= self._next_idle_check and not self._backlog:
             self._next_idle_check = now.mono + 1.0
             self.flush_idle(now.mono)
         if self.batch_due(now.mono):
