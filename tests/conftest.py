@@ -125,3 +125,17 @@ def collector(zctx):
     yield make
     for c in made:
         c.sock.close(0)
+
+
+class Tracker:
+    """Sequence accounting per stream, as every stage does it (a SeqCursor per stream)."""
+
+    def __init__(self) -> None:
+        from common.runtime.streams import SeqCursor
+
+        self._new = SeqCursor
+        self.cursors: dict[str, object] = {}
+
+    def check(self, stream: str, epoch: int, seq: int, discontinuity: bool = False):
+        cursor = self.cursors.setdefault(stream, self._new())
+        return cursor.check(epoch, seq, discontinuity)
