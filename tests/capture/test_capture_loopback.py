@@ -54,7 +54,7 @@ def test_loopback_capture_matches_what_was_played(pulse, procs, collector, assem
     t_done = time.time_ns()
     # everything captured until 0.5 s after paplay returned
     col.collect(lambda ms: ms[-1].header.end_ns > t_done + 500_000_000, timeout=10)
-    samples, hs = assemble(col.messages, "lb")
+    samples, hs = assemble(col.messages, "lb", live=True)
     assert hs[0].rate == rate and hs[0].channels == 1 and hs[0].format == "s16"
     assert not any(h.flags & Flag.OVERFLOW for h in hs), "overflow while capturing a quiet machine"
     captured = samples[:, 0].astype(np.float64) / 32768.0
@@ -172,7 +172,7 @@ def test_two_loopbacks_in_one_process_each_get_their_own_sink(pulse, procs, coll
             timeout=10,
         )
         for stream, mine, theirs in (("a", speech, other_speech), ("b", other_speech, speech)):
-            samples, hs = assemble(col.messages, stream)
+            samples, hs = assemble(col.messages, stream, live=True)
             assert hs[0].format == "f32"
             x = samples[:, 0].astype(np.float64)
             _, own = best_lag(x, mine)
