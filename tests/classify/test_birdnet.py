@@ -342,3 +342,55 @@ def test_capture_convert_birdnet_tail(procs, start, tcp, collector, tmp_path):
     lines = [json.loads(line) for line in tail.out_lines]
     assert [d["offset"] for d in lines] == [r["offset"] for r in rs]
     assert lines[int(9.0 * RATE) // HOP]["labels"][0][0] == "Cuculus canorus_Common Cuckoo"
+
+
+@needs_extra
+@pytest.mark.slow
+def test_one_capture_feeds_vad_and_birdnet(procs, start, tcp, collector, tmp_path):
+    """Fan-out across rates: one capture, two converts (16 kHz for vad, 48 kHz for birdnet) on its raw
+    stream, each model on its own rate; speech then a heron: vad hears the speech, birdnet the heron.
+
+    The raw stream goes through a proxy that both converts join before capture starts: capture
+    --fast waits for its first subscriber only, and the proxy is that one subscriber with both
+    converts' subscription, so neither convert misses the start."""
+    rate = 44_100
+    x = np.zeros(int(8.1 * rate), np.float32)  # the heron ends at 7.52 s; 8.1 s: no stream ends on a window boundary
+    speech = load(SPEECH, rate)
+    x[: len(speech)] = speech
+    heron = load(BIRDS / "heron_greatblue_flying.ogg", rate)
+    x[int(4.5 * rate) : int(4.5 * rate) + len(heron)] = heron
+    wav = tmp_path / "speech_then_heron.wav"
+    sf.write(str(wav), x, rate, subtype="PCM_16")
+
+    front, back, t16, t48, r_vad, r_bn = (tcp() for _ in range(6))
+    proxy = start(procs, "common.net_cli", "proxy", "--frontend", front, "--backend", back)
+    vad = start(procs, "classify", "--model", "vad", "--input", t16, "--output", r_vad)
+    bn = start(procs, "classify", "--model", "birdnet", "--input", t48, "--output", r_bn)
+    proxy.wait_for("ready")
+    vad.wait_for("ready", 60)
+    bn.wait_for("ready", 60)
+    c_vad, c_bn = collector(r_vad, Kind.RESULT), collector(r_bn, Kind.RESULT)
+    vad.wait_for("subscriber joined")
+    bn.wait_for("subscriber joined")
+    convs = [start(procs, "convert", "--input", back, "--output", t16, "--rate", "16000", "--channels", "mono"),
+             start(procs, "convert", "--input", back, "--output", t48, "--rate", "48000", "--channels", "mono",
+                   "--frame-ms", "100")]
+    for conv in convs:
+        conv.wait_for("input connected")  # handshake done: its subscription is at the proxy
+    vad.wait_for("input connected")
+    bn.wait_for("input connected")
+    cap = start(procs, "capture", "--source", f"file:{wav}", "--stream", "garden", "--fast", "--output", f">{front}")
+    assert cap.wait(60) == 0, cap.log()
+    for c in (c_vad, c_bn):
+        c.collect(lambda ms: any(m.result().get("final") for m in ms), timeout=120)
+
+    assert {m.header.rate for m in c_vad.messages} == {16_000} and {m.header.rate for m in c_bn.messages} == {RATE}
+    vad_rs = [m.result() for m in c_vad.messages]
+    bn_rs = [m.result() for m in c_bn.messages]
+    assert vad_rs[0]["offset"] == 0 and bn_rs[0]["offset"] == 0  # neither convert missed the start
+    speech_on = [r["offset"] / 16_000 for r in vad_rs for e in r["events"]
+                 if e["state"] == "start" and e["label"] == "speech"]
+    assert speech_on and speech_on[0] < 1.5, speech_on
+    assert bn_rs[0]["labels"][0][1] < 0.25, bn_rs[0]["labels"]  # the speech window: no bird
+    by_offset = {r["offset"]: r for r in bn_rs}
+    assert by_offset[int(4.5 * RATE)]["labels"][0][0] == "Ardea herodias_Great Blue Heron", by_offset.keys()
