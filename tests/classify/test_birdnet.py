@@ -29,7 +29,7 @@ import soxr
 
 from classify.models import ModelOptionError, load_model
 from classify.models.birdnet import BirdnetOptions, parse_options, split_label
-from common.protocol import Kind
+from common.wire import Kind
 
 RATE = 48_000
 WINDOW = 144_000
@@ -315,23 +315,23 @@ def test_capture_convert_birdnet_tail(procs, start, tcp, collector, tmp_path):
     bn.wait_for("input connected")
     cap = start(procs, "capture", "--source", f"file:{wav}", "--stream", "garden", "--fast", "--output", raw)
     assert cap.wait(60) == 0, cap.log()
-    col.collect(lambda ms: any(m.result().get("final") for m in ms), timeout=120)
+    col.collect(lambda ms: any(m.final for m in ms), timeout=120)
 
-    rs = [m.result() for m in col.messages]
-    assert [r["offset"] for r in rs] == [HOP * k for k in range(len(rs))] and len(rs) == 8  # 13 s: 7 full + 1 padded
-    assert all(r["model"] == "birdnet" and len(r["labels"]) == 5 for r in rs)
-    by_offset = {r["offset"]: r for r in rs}
+    rs = col.messages
+    assert [r.offset for r in rs] == [HOP * k for k in range(len(rs))] and len(rs) == 8  # 13 s: 7 full + 1 padded
+    assert all(r.model == "birdnet" and r.rate == RATE and len(r.labels) == 5 for r in rs)
+    by_offset = {r.offset: r for r in rs}
     first_start: dict[str, int] = {}
     stops: set[str] = set()
     for r in rs:
-        for e in r["events"]:
-            if e["state"] == "start":
-                first_start.setdefault(e["label"], r["offset"])
+        for e in r.events:
+            if e.state == "start":
+                first_start.setdefault(e.label, r.offset)
             else:
-                stops.add(e["label"])
+                stops.add(e.label)
     for label, t0 in starts.items():
         at = int(t0 * RATE)
-        assert by_offset[at]["labels"][0][0] == label, (t0, by_offset[at]["labels"])
+        assert by_offset[at].labels[0].name == label, (t0, by_offset[at].labels)
         assert first_start.get(label, -1) <= at, (label, first_start)
     order = [first_start[label] for label in starts]
     assert order == sorted(order), first_start
@@ -340,7 +340,7 @@ def test_capture_convert_birdnet_tail(procs, start, tcp, collector, tmp_path):
 
     tail.wait_for('"model":"birdnet"', 20, count=len(rs), stdout=True)  # tail --json: one line per result
     lines = [json.loads(line) for line in tail.out_lines]
-    assert [d["offset"] for d in lines] == [r["offset"] for r in rs]
+    assert [d["offset"] for d in lines] == [r.offset for r in rs]
     assert lines[int(9.0 * RATE) // HOP]["labels"][0][0] == "Cuculus canorus_Common Cuckoo"
 
 
@@ -363,7 +363,7 @@ def test_one_capture_feeds_vad_and_birdnet(procs, start, tcp, collector, tmp_pat
     sf.write(str(wav), x, rate, subtype="PCM_16")
 
     front, back, t16, t48, r_vad, r_bn = (tcp() for _ in range(6))
-    proxy = start(procs, "common.net_cli", "proxy", "--frontend", front, "--backend", back)
+    proxy = start(procs, "common.cli.net", "proxy", "--frontend", front, "--backend", back)
     vad = start(procs, "classify", "--model", "vad", "--input", t16, "--output", r_vad)
     bn = start(procs, "classify", "--model", "birdnet", "--input", t48, "--output", r_bn)
     proxy.wait_for("ready")
@@ -382,15 +382,13 @@ def test_one_capture_feeds_vad_and_birdnet(procs, start, tcp, collector, tmp_pat
     cap = start(procs, "capture", "--source", f"file:{wav}", "--stream", "garden", "--fast", "--output", f">{front}")
     assert cap.wait(60) == 0, cap.log()
     for c in (c_vad, c_bn):
-        c.collect(lambda ms: any(m.result().get("final") for m in ms), timeout=120)
+        c.collect(lambda ms: any(m.final for m in ms), timeout=120)
 
-    assert {m.header.rate for m in c_vad.messages} == {16_000} and {m.header.rate for m in c_bn.messages} == {RATE}
-    vad_rs = [m.result() for m in c_vad.messages]
-    bn_rs = [m.result() for m in c_bn.messages]
-    assert vad_rs[0]["offset"] == 0 and bn_rs[0]["offset"] == 0  # neither convert missed the start
-    speech_on = [r["offset"] / 16_000 for r in vad_rs for e in r["events"]
-                 if e["state"] == "start" and e["label"] == "speech"]
+    vad_rs, bn_rs = c_vad.messages, c_bn.messages
+    assert {r.rate for r in vad_rs} == {16_000} and {r.rate for r in bn_rs} == {RATE}
+    assert vad_rs[0].offset == 0 and bn_rs[0].offset == 0  # neither convert missed the start
+    speech_on = [r.offset / 16_000 for r in vad_rs for e in r.events if e.state == "start" and e.label == "speech"]
     assert speech_on and speech_on[0] < 1.5, speech_on
-    assert bn_rs[0]["labels"][0][1] < 0.25, bn_rs[0]["labels"]  # the speech window: no bird
-    by_offset = {r["offset"]: r for r in bn_rs}
-    assert by_offset[int(4.5 * RATE)]["labels"][0][0] == "Ardea herodias_Great Blue Heron", by_offset.keys()
+    assert bn_rs[0].labels[0].score < 0.25, bn_rs[0].labels  # the speech window: no bird
+    by_offset = {r.offset: r for r in bn_rs}
+    assert by_offset[int(4.5 * RATE)].labels[0].name == "Ardea herodias_Great Blue Heron", by_offset.keys()
