@@ -129,6 +129,19 @@ class StreamFramer:
         with self._lock:
             return self.epoch, self.seq, self.offset
 
+    def try_position(self) -> tuple[int, int, int] | None:
+        """:meth:`position`, or None while a source thread holds the framer.
+
+        A fast source waits for room in the runner's full queue with this lock held; the
+        runner's loop (which empties that queue) must not wait for the lock, or neither moves.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.epoch, self.seq, self.offset
+        finally:
+            self._lock.release()
+
     def flag_next(self, flags: Flag) -> None:
         """Make the next emitted frame carry ``flags`` (e.g. PortAudio input overflow)."""
         with self._lock:

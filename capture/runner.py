@@ -222,9 +222,10 @@ class CaptureRunner:
             src = t.source
             if not t.started or src.framer is None:
                 continue
-            if now >= t.next_heartbeat_mono:
+            position = src.framer.try_position() if now >= t.next_heartbeat_mono else None
+            if position is not None:  # None: its source is busy publishing, the heartbeat can wait
                 t.next_heartbeat_mono = now + self.heartbeat_s
-                epoch, seq, offset = src.framer.position()
+                epoch, seq, offset = position
                 fmt = src.framer.fmt
                 hb = Header(
                     kind=Kind.HEARTBEAT,
