@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def _fail(msg: str) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # SIGTERM unwinds like Ctrl-C, so the pipeline's processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from evaluate.labels import DEFAULT_LABELS, LabelsError, load_labels, missing_packages
 
     if args.limit is not None and args.limit < 1:
@@ -136,9 +139,13 @@ def _evaluate(args: argparse.Namespace, clips, labels_path: Path) -> int:
     if collected.bad_lines:
         log.warning("%d lines of tail's output were not results", collected.bad_lines)
     scoring.attach(runs, collected.results)
-    runs = [r for r in runs if r.vad and r.yamnet]
-    if len(runs) < len(items):
-        return _fail(f"{len(items) - len(runs)} clips have no results (see --results file or the stage logs).")
+    incomplete = {s for s, _ in collected.incomplete}
+    runs = [r for r in runs if r.vad and r.yamnet and r.clip.stream not in incomplete]
+    left_out = len(items) - len(runs)
+    if left_out:
+        log.warning("%d clips left out: their results do not cover the whole clip", left_out)
+    if not runs:
+        return _fail("no clip has complete results (see the stage logs with -v).")
     tune = [r for r in runs if r.clip.split == "tune"]
     held = [r for r in runs if r.clip.split == "heldout"]
     settings = gate_settings()
@@ -148,7 +155,7 @@ def _evaluate(args: argparse.Namespace, clips, labels_path: Path) -> int:
     figs = [scoring.yamnet_figures(held, p) for p in scoring.POOLINGS]
     events = scoring.yamnet_events(held)
     name = labels_path.name if args.labels else "evaluate/data/labels.csv"
-    text = report.render(runs, held_rows, tune_rows, chosen, figs, events, name, args.min_recall)
+    text = report.render(runs, held_rows, tune_rows, chosen, figs, events, name, args.min_recall, left_out)
     print(text)
     if args.docs:
         report.fill_docs(args.docs, text)

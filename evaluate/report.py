@@ -91,7 +91,7 @@ def family_events_table(rows: Sequence[scoring.FamilyEvents]) -> str:
 
 
 def render(runs: Sequence[scoring.ClipRun], held_rows, tune_rows, chosen, figs, events, labels_name: str,
-           min_recall: float) -> str:
+           min_recall: float, left_out: int = 0) -> str:
     """The whole results section (Markdown)."""
     chosen_row = next((r for r in held_rows if r.name == chosen), None)
     vad_row = held_rows[0]
@@ -103,7 +103,9 @@ def render(runs: Sequence[scoring.ClipRun], held_rows, tune_rows, chosen, figs, 
                    f"{_pct(s.false_alarm_rate)} of non-speech clips, so the target (recall >= {100 * min_recall:.0f}%, "
                    f"false alarms <= 5%) is **{'met' if met else 'missed'}**")
     parts = [
-        f"Labels: `{labels_name}`; {len(runs)} clips. Figures on the **held-out** part unless said otherwise.",
+        f"Labels: `{labels_name}`; {len(runs)} clips"
+        + (f" ({left_out} left out: their results did not cover the whole clip)" if left_out else "")
+        + ". Figures on the **held-out** part unless said otherwise.",
         "",
         "### Data",
         "",
