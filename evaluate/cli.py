@@ -30,6 +30,9 @@ def gate_settings():
         *[GateConfig(yamnet_min=y) for y in (0.04, 0.09, 0.18, 0.3, 0.5)],
         *[GateConfig(vad_on=0.7, vad_off=0.5, yamnet_min=y) for y in (0.09, 0.18)],
         GateConfig(min_speech_ms=250, yamnet_min=0.18),
+        # a more sensitive vad, with YAMNet to take back the false alarms it adds
+        GateConfig(vad_on=0.3, vad_off=0.2),
+        *[GateConfig(vad_on=v, vad_off=o, yamnet_min=y) for v, o in ((0.3, 0.2), (0.2, 0.1)) for y in (0.04, 0.09)],
     ]
 
 
@@ -129,6 +132,7 @@ def _evaluate(args: argparse.Namespace, clips, labels_path: Path) -> int:
                     collected.bad_lines += 1
                 else:
                     collected.add(r)
+        collected.incomplete = collected.uncovered(items, [scoring.VAD, scoring.YAMNET])
     else:
         with Pipeline([scoring.VAD, scoring.YAMNET], batch=args.batch) as pipe:
             log.info("pipeline up in %.1f s; publishing clips", time.monotonic() - t0)

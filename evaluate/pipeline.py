@@ -101,6 +101,11 @@ class Collected:
     def add(self, r: WindowResult) -> None:
         self.results.setdefault((r.stream, r.model), []).append(r)
 
+    def uncovered(self, clips: Iterable[tuple[str, Path, float]], models: Sequence[str]) -> list[tuple[str, str]]:
+        """(stream, model) pairs whose results do not span their clip's duration (within COVER_SLACK_NS)."""
+        return sorted((s, m) for s, _, d in clips for m in models
+                      if self.covered_ns(s, m) < int(d * 1e9) - COVER_SLACK_NS)
+
     def covered_ns(self, stream: str, model: str) -> int:
         rs = self.results.get((stream, model))
         return max(r.end_ns for r in rs) - min(r.start_ns for r in rs) if rs else 0
