@@ -4,8 +4,9 @@
 
 convert, the classify workers and tail run for the whole evaluation; one capture process
 per batch of clips publishes on the same address (convert's subscription reconnects to
-each). Queues are deep (``--hwm``) and staleness drops are off (``--max-lag-ms 0``) so no
-window is lost to the evaluation's own speed; a clip counts as done when its results cover
+each). Queues are deep (``--hwm``), staleness drops are off (``--max-lag-ms 0``) and so are idle
+flushes (``--idle-s 0``: a worker far behind its input saw streams as idle and flushed them
+early; every clip ends with END anyway), so no window is lost to the evaluation's own speed; a clip counts as done when its results cover
 its whole duration, for every model.
 """
 
@@ -158,7 +159,7 @@ class Pipeline:
         for model, out in self.results_at.items():
             workers.append(self._spawn(_module(
                 "classify", "--model", model, "--input", self.tensor, "--output", out, "--top-k", str(self.top_k),
-                "--max-lag-ms", "0", "--hwm", DEEP_HWM, *self.classify_args)))
+                "--max-lag-ms", "0", "--idle-s", "0", "--hwm", DEEP_HWM, *self.classify_args)))
         for w in workers:
             self._wait(w, r"\bready\b")
         self._wait(self._tail, r"input connected", count=len(workers))
