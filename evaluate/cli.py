@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Labels file format and data: docs/accuracy.md.",
     )
     p.add_argument("--labels", type=Path, help="labels file (default: the bundled evaluate/data/labels.csv)")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N clips of each split (tune, held-out), for a quick run")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="at most N clips of each split (tune, held-out), for a quick run")
     p.add_argument("--min-recall", type=float, default=0.98, help="speech recall a gate setting must reach on tune "
                    "to be chosen (default 0.98)")
     p.add_argument("--batch", type=int, default=32, metavar="N", help="clips per capture process (default 32)")

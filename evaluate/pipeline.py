@@ -6,8 +6,8 @@ convert, the classify workers and tail run for the whole evaluation; one capture
 per batch of clips publishes on the same address (convert's subscription reconnects to
 each). Queues are deep (``--hwm``), staleness drops are off (``--max-lag-ms 0``) and so are idle
 flushes (``--idle-s 0``: a worker far behind its input saw streams as idle and flushed them
-early; every clip ends with END anyway), so no window is lost to the evaluation's own speed; a clip counts as done when its results cover
-its whole duration, for every model.
+early; every clip ends with END anyway), so no window is lost to the evaluation's own speed;
+a clip counts as done when its results cover its whole duration, for every model.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ class Pipeline:
         except WaitTimeout as e:
             raise RuntimeError(f"soundbus eval: a pipeline stage did not start: {e}") from None
 
-    def run(self, clips: Sequence[tuple[str, Path, float]], progress: Any = None, timeout_s: float = 600.0) -> Collected:
+    def run(self, clips: Sequence[tuple[str, Path, float]], progress: Any = None,
+            timeout_s: float = 600.0) -> Collected:
         """Publish each (stream, file, duration_s) clip and wait until every model's results cover it."""
         pending = list(clips)
         for i in range(0, len(pending), self.batch):
