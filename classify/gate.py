@@ -109,14 +109,14 @@ class SpeechGate:
         """One vad result: its window's span (ns) and speech probability."""
         out: list[GateEvent] = []
         for e in self._vad.update(np.array([score], np.float32), start_ns):
-            if e["state"] == "start":
+            if e.state == "start":
                 if len(self._segments) >= MAX_SEGMENTS:  # bounded: the oldest undecided segment is dropped
                     self._segments.popleft()
-                self._segments.append(_Segment(start_ns=e["t_ns"], last_ns=end_ns))
+                self._segments.append(_Segment(start_ns=e.t_ns, last_ns=end_ns))
             else:
                 seg = self._open_segment()
                 if seg is not None:
-                    seg.stop_ns = e["t_ns"]
+                    seg.stop_ns = e.t_ns
                     if seg.confirmed:
                         out.append(GateEvent("stop", seg.stop_ns))
         seg = self._open_segment()

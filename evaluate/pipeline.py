@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.process import ChildProcess, WaitTimeout
+from common.cli.process import ChildProcess, WaitTimeout
 
 log = logging.getLogger("soundbus.eval")
 
