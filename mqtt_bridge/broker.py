@@ -73,33 +73,39 @@ class BrokerSettings:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+CLOSED_EARLY = "closed before CONNACK"  # a note: the connection closed before the broker answered
+
+
 def describe(failure: BaseException | mqtt.ReasonCode | str, s: BrokerSettings) -> str:
     """One sentence: what went wrong connecting to the broker, and what to check."""
     where = s.where
     if isinstance(failure, mqtt.ReasonCode):
         if failure.value in (134, 135):  # bad user name or password / not authorized (v3.1.1 rc 4, 5 map here)
             return (f"the MQTT broker at {where} refused the login ({failure.getName()}): check the user name "
-                    "(--username or SOUNDBUS_MQTT_USERNAME) and the password (--password-file or "
-                    "SOUNDBUS_MQTT_PASSWORD)")
+                    "(--username or $SOUNDBUS_MQTT_USERNAME) and the password (--password-file or "
+                    "$SOUNDBUS_MQTT_PASSWORD)")
         if failure.value == 133:
             return f"the MQTT broker at {where} refused client id {s.client_id!r}: choose another --client-id"
-        return f"the MQTT broker at {where} refused the connection: {failure.getName()}"
-    if isinstance(failure, str):
-        return f"{failure} ({where})"
+        return f"the MQTT broker at {where} refused the connection ({failure.getName()})"
+    if failure == CLOSED_EARLY:
+        hint = ("if that is a TLS port, pass --tls-ca" if s.tls is None else
+                "check whether it requires a client certificate (--tls-cert/--tls-key)" if s.tls.cert is None else
+                "check that it accepts this client certificate")
+        return f"the MQTT broker at {where} closed the connection before answering: {hint}"
     if isinstance(failure, ssl.SSLCertVerificationError):
         what = failure.verify_message or str(failure)
-        hint = ("connect by the name in its certificate, or --tls-insecure (does not check the name; see the docs)"
+        hint = ("connect by the name in its certificate, or pass --tls-insecure (see its risk in --help)"
                 if "mismatch" in what.lower() else "pass the CA that signed it with --tls-ca")
         return f"the TLS certificate of the MQTT broker at {where} was not accepted ({what}): {hint}"
     if isinstance(failure, ssl.SSLError):
-        return (f"TLS with the MQTT broker at {where} failed ({failure.reason or failure}): is it a TLS port, and "
-                "does it accept the client certificate (--tls-cert/--tls-key)?")
+        return (f"TLS with the MQTT broker at {where} failed ({failure.reason or failure}): check that it is a "
+                "TLS port and that it accepts the client certificate (--tls-cert/--tls-key)")
     if isinstance(failure, ConnectionRefusedError):
-        return f"nothing accepts connections at {where}: is the MQTT broker running, and is that its port?"
+        return f"nothing accepts connections at {where}: check that the MQTT broker runs and listens on that port"
     if isinstance(failure, socket.gaierror):
         return f"cannot resolve the MQTT broker's host name {s.host!r} ({failure.strerror})"
     if isinstance(failure, (TimeoutError, socket.timeout)):
-        return f"no answer from the MQTT broker at {where} within 5 s (wrong address, or a firewall?)"
+        return f"no answer from the MQTT broker at {where} within 5 s: check the address and any firewall"
     if isinstance(failure, OSError):
         return f"cannot connect to the MQTT broker at {where} ({failure.strerror or failure})"
     return f"cannot connect to the MQTT broker at {where} ({failure})"
@@ -169,15 +175,14 @@ class BrokerLink:
 
     def _on_connect_fail(self, _client: mqtt.Client, _ud: object) -> None:
         # paho calls this inside its ``except OSError`` around the connect: the exception is current.
-        self._note(("failed", sys.exc_info()[1] or "cannot connect to the MQTT broker"))
+        self._note(("failed", sys.exc_info()[1] or OSError("paho gave no reason")))
 
     def _on_disconnect(self, _client: mqtt.Client, _ud: object, _flags: object, rc: mqtt.ReasonCode,
                        _props: object) -> None:
         if self._up:
             self._note(("lost", rc))
         elif not self._answered:
-            self._note(("failed", "the connection closed before the MQTT broker answered "
-                                  "(a TLS port? then pass --tls-ca)"))
+            self._note(("failed", CLOSED_EARLY))
         self._up = self._answered = False
 
     def _on_message(self, _client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
@@ -229,7 +234,7 @@ class BrokerLink:
         now = time.monotonic()
         if sentence != last or now - when >= REPEAT_S:
             self._last_problem = (sentence, now)
-            log.warning("%s; retrying (backoff %d-%d s)", sentence, RECONNECT_MIN_S, RECONNECT_MAX_S)
+            log.warning("%s; retrying with backoff (%d-%d s)", sentence, RECONNECT_MIN_S, RECONNECT_MAX_S)
 
     def busy(self) -> bool:
         """paho still has packets to write from the last handover."""

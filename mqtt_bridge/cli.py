@@ -37,6 +37,7 @@ MAX_SECRET_BYTES = 4096
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "mqtt",
+        allow_abbrev=False,  # --password must not pass for --password-file
         help="publish results to an MQTT broker, with Home Assistant discovery",
         description="Subscribe to results (and optionally stored events) and publish label states, events, "
         "levels and availability to an MQTT broker, with Home Assistant MQTT discovery. The password comes "

@@ -334,6 +334,11 @@ class BridgeCore:
         """Every retained value the bridge stands for: after a (re)connect, or Home Assistant's birth."""
         return [*self.availability.values(), *self.configs.values(), *self.retained.values()]
 
+    def on_connected(self) -> list[Publication]:
+        """After a (re)connect: everything, and fresh stats at the next tick (drops while away)."""
+        self._next_stats = self._next_housekeeping = 0.0
+        return self.everything()
+
     def on_ha_status(self, payload: bytes) -> list[Publication]:
         """Home Assistant's birth message (``online``): discovery again, and the states it needs."""
         if payload.strip() != ONLINE or not self.cfg.discovery:

@@ -59,7 +59,7 @@ class MqttLogic:
         for note in self.link.notes():
             kind = note[0]
             if kind == "connected":
-                push(core.everything())  # availability first (Outgoing's order), configs, states
+                push(core.on_connected())  # availability first (Outgoing's order), configs, states
             elif kind == "message":
                 topic, payload = note[1], note[2]
                 if topic == self._ha_status:
