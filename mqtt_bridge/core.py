@@ -42,6 +42,7 @@ log = logging.getLogger("soundbus.mqtt")
 
 NS = 1_000_000_000
 HOUSEKEEPING_S = 0.25  # pending rate-limited values, stream timeouts, event-store waits
+END_GRACE_S = 2.0  # after every model's last result, a stream goes offline when nothing came for this long
 MAX_MODELS_PER_STREAM = 32
 MAX_LABELS = 32768  # labels with a state topic, over all streams (each costs a few hundred bytes)
 MAX_PENDING_EVENTS = 1024  # event messages waiting for the event store's id
@@ -197,11 +198,7 @@ class BridgeCore:
             else:
                 st.level_pending = r
         if r.final or r.flags & Flag.END:
-            ms.ended = True
-            if all(m.ended for m in st.models.values()):
-                self._flush_pending(st, out)
-                st.online = False
-                out.append(self._set(Publication(self.t.stream_status(r.stream), OFFLINE, Kind.AVAILABILITY)))
+            ms.ended = True  # the stream is offline once every model ended and END_GRACE_S passed (tick)
         return out
 
     def _admit(self, stream: str) -> StreamState | None:
@@ -441,9 +438,12 @@ class BridgeCore:
                 if ms.labels_pending is not None and now >= ms.labels_due:
                     out.append(self._labels(ms.labels_pending))
                     ms.labels_pending, ms.labels_due = None, now + self.period
-            if now - st.last_seen >= self.cfg.stream_timeout_s:
+            quiet = now - st.last_seen
+            ended = quiet >= END_GRACE_S and all(m.ended for m in st.models.values())
+            if ended or quiet >= self.cfg.stream_timeout_s:
+                self._flush_pending(st, out)
                 st.online = False
-                log.info("stream %s: no results for %.0f s: offline", stream, now - st.last_seen)
+                log.info("stream %s: %s: offline", stream, "ended" if ended else f"no results for {quiet:.0f} s")
                 out.append(self._set(Publication(self.t.stream_status(stream), OFFLINE, Kind.AVAILABILITY)))
         while self.pending:
             key, (deadline, rec) = next(iter(self.pending.items()))

@@ -143,6 +143,7 @@ class Msg:
     payload: bytes
     retain: bool  # True only for a retained message delivered because we subscribed
     t: float  # time.monotonic() when received
+    wall_ns: int  # time.time_ns() when received
 
 
 class Watcher:
@@ -167,7 +168,7 @@ class Watcher:
 
     def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append(Msg(m.topic, bytes(m.payload), bool(m.retain), time.monotonic()))
+            self.messages.append(Msg(m.topic, bytes(m.payload), bool(m.retain), time.monotonic(), time.time_ns()))
             self._cond.notify_all()
 
     def wait_for(self, pred: Callable[[Msg], bool], timeout: float = 20.0, count: int = 1,

@@ -221,14 +221,18 @@ def test_a_stored_event_that_arrives_first_is_matched_at_once() -> None:
 
 
 def test_a_stream_is_offline_after_its_end_or_a_silence() -> None:
-    c = core(stream_timeout_s=5.0)
+    c = core(stream_timeout_s=8.0)
     c.on_result(result(0, stream="a"), 0.0)
+    c.on_result(result(0, model="level", stream="a"), 0.0)
     c.on_result(result(0, stream="b"), 0.0)
-    end = by_topic(c.on_result(result(1, stream="a", final=True), 0.1))
-    assert end[T.stream_status("a")] == [b"offline"]
-    assert T.stream_status("b") not in by_topic(c.tick(4.0))
-    assert by_topic(c.tick(5.5))[T.stream_status("b")] == [b"offline"]
-    assert by_topic(c.on_result(result(2, stream="b"), 6.0))[T.stream_status("b")] == [b"online"]
+    c.on_result(result(1, stream="a", final=True), 0.1)  # vad ended; level goes on
+    assert T.stream_status("a") not in by_topic(c.tick(2.5))
+    c.on_result(result(1, model="level", stream="a", final=True), 3.0)  # every model ended
+    assert T.stream_status("a") not in by_topic(c.tick(4.0))  # a grace for late results
+    assert by_topic(c.tick(5.1))[T.stream_status("a")] == [b"offline"]
+    assert T.stream_status("b") not in by_topic(c.tick(7.9))
+    assert by_topic(c.tick(8.2))[T.stream_status("b")] == [b"offline"]  # silent for the timeout
+    assert by_topic(c.on_result(result(2, stream="b"), 9.0))[T.stream_status("b")] == [b"online"]
 
 
 def test_streams_are_bounded_and_an_offline_one_makes_room() -> None:
@@ -238,7 +242,8 @@ def test_streams_are_bounded_and_an_offline_one_makes_room() -> None:
     assert c.on_result(result(0, stream="c"), 0.0) == []
     assert c.metrics.drops["too_many_streams"] == 1
     c.on_result(result(1, stream="a", final=True), 0.1)
-    assert by_topic(c.on_result(result(0, stream="c"), 0.2))[T.stream_status("c")] == [b"online"]
+    c.tick(2.2)
+    assert by_topic(c.on_result(result(0, stream="c"), 2.3))[T.stream_status("c")] == [b"online"]
     assert set(c.streams) == {"b", "c"}
 
 
