@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqtt_bridge.outgoing import Publication
+from mqtt_bridge.outgoing import Kind, Publication
 
 log = logging.getLogger("soundbus.mqtt")
 
@@ -242,7 +242,7 @@ class BrokerLink:
 
     def publish(self, p: Publication) -> bool:
         """Hand one publication to paho; False if it did not take it (not connected, its queue full)."""
-        qos = self.settings.qos
+        qos = 0 if p.kind is Kind.TELEMETRY else self.settings.qos
         info = self.client.publish(p.topic, p.payload, qos=qos, retain=p.retain)
         rc = info.rc
         if rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos > 0):

@@ -6,7 +6,7 @@ Topics, under a prefix (default ``soundbus/``)::
     soundbus/bridge/<node>/stats                   JSON counters       retained, every 10 s
     soundbus/stream/<stream>/status                online | offline   retained
     soundbus/stream/<stream>/level                 JSON dBFS           retained, at most --rate per s
-    soundbus/stream/<stream>/<model>/labels        JSON top labels     retained, at most --rate per s
+    soundbus/stream/<stream>/labels                JSON top labels of every model, retained, at most --rate per s
     soundbus/stream/<stream>/<model>/state/<key>   ON | OFF            retained, on each onset/offset
     soundbus/stream/<stream>/<model>/event         JSON per onset/offset, not retained
 
@@ -79,8 +79,8 @@ class Topics:
     def level(self, stream: str) -> str:
         return f"{self.prefix}stream/{stream}/level"
 
-    def labels(self, stream: str, model: str) -> str:
-        return f"{self.prefix}stream/{stream}/{model}/labels"
+    def labels(self, stream: str) -> str:
+        return f"{self.prefix}stream/{stream}/labels"
 
     def state(self, stream: str, model: str, key: str) -> str:
         return f"{self.prefix}stream/{stream}/{model}/state/{key}"

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 
 class Kind(enum.Enum):
-    """How a publication waits: AVAILABILITY and STATE keep the latest per topic, EVENT queues."""
+    """How a publication waits and goes: all but EVENT keep the latest per topic and are retained."""
 
     AVAILABILITY = 0  # sent first after a reconnect
-    STATE = 1  # retained: discovery configs, ON/OFF, levels, labels, stats (and clears: b"")
-    EVENT = 2  # not retained: one JSON message per onset/offset
+    STATE = 1  # discovery configs, ON/OFF (and clears: b"")
+    TELEMETRY = 2  # levels, labels, stats: periodic, superseded within a second: always QoS 0
+    EVENT = 3  # not retained: one JSON message per onset/offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Outgoing:
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, got {max_events}")
         self.max_events = max_events
-        # One dict per kind, indexed by Kind.value (AVAILABILITY, STATE): topic -> latest publication.
+        # topic -> latest publication: availability first, then states and telemetry.
         self._latest: tuple[dict[str, Publication], dict[str, Publication]] = ({}, {})
         self.events: deque[Publication] = deque()
         self.events_dropped = 0  # the oldest queued events, dropped when the queue was full
@@ -55,7 +56,7 @@ class Outgoing:
                     self.events_dropped += 1
                 self.events.append(p)
             else:
-                waiting = self._latest[p.kind.value]
+                waiting = self._latest[p.kind is not Kind.AVAILABILITY]
                 if p.topic in waiting:
                     self.states_coalesced += 1
                 waiting[p.topic] = p
@@ -75,7 +76,8 @@ class Outgoing:
         """Put back publications the broker link did not take, ahead of what waits (order kept);
         a newer state already waiting for the same topic wins."""
         for i, waiting in enumerate(self._latest):
-            back = {p.topic: p for p in pubs if p.kind.value == i and p.topic not in waiting}
+            back = {p.topic: p for p in pubs if p.kind is not Kind.EVENT and (p.kind is not Kind.AVAILABILITY) == i
+                    and p.topic not in waiting}
             if back:
                 back.update(waiting)
                 waiting.clear()

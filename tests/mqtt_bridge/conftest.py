@@ -142,6 +142,7 @@ class Msg:
     topic: str
     payload: bytes
     retain: bool  # True only for a retained message delivered because we subscribed
+    qos: int  # as delivered: the lower of the publisher's and our subscription's (1)
     t: float  # time.monotonic() when received
     wall_ns: int  # time.time_ns() when received
 
@@ -168,7 +169,8 @@ class Watcher:
 
     def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append(Msg(m.topic, bytes(m.payload), bool(m.retain), time.monotonic(), time.time_ns()))
+            self.messages.append(Msg(m.topic, bytes(m.payload), bool(m.retain), m.qos, time.monotonic(),
+                                 time.time_ns()))
             self._cond.notify_all()
 
     def wait_for(self, pred: Callable[[Msg], bool], timeout: float = 20.0, count: int = 1,

@@ -82,6 +82,9 @@ def test_states_follow_events_and_the_broker_gets_availability_and_discovery(pro
     assert [e["state"] for e in events] == ["start", "stop"]
     assert events[1]["end_ns"] - events[1]["start_ns"] == 10 * HOP_NS
     assert w.latest()[T.bridge_status] == b"online"
+    # States and events at --qos (1); the periodic labels at QoS 0 (the next one replaces a lost one).
+    assert {m.qos for m in w.messages if m.topic in (STATE, T.event("mic1", "vad"))} == {1}
+    assert {m.qos for m in w.messages if m.topic == T.labels("mic1")} == {0}
     # Discovery: valid as documented, and every topic it names is published.
     latest = w.latest()
     configs = {t: json.loads(p) for t, p in latest.items() if t.startswith("homeassistant/") and p}
@@ -106,7 +109,8 @@ def test_broker_killed_and_restarted_mid_stream(procs, broker, watcher, results)
     feed.until(seen(w, T.stream_status("mic1"), b"online"))
     feed.send(("speech", "start"))
     w.on(STATE, b"ON")
-    first_seq = (json.loads(w.on(T.labels("mic1", "vad"))[0].payload)["start_ns"] - feed.t0) // HOP_NS
+    first = json.loads(w.on(T.labels("mic1"))[0].payload)["models"]["vad"]["start_ns"]
+    first_seq = (first - feed.t0) // HOP_NS
     w.close()
 
     broker.kill()

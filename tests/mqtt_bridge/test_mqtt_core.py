@@ -95,17 +95,22 @@ def test_labels_and_level_go_out_at_most_at_the_rate_and_the_last_one_is_not_los
     c = core(rate_hz=2.0)
     level_cfg = T.config("sensor", "mic1_level")
     sent: list[Publication] = []
-    for i in range(100):  # 3.2 s of windows, 32 ms apart
+    for i in range(100):  # 3.2 s of windows 32 ms apart, from two models
         now = i * 0.032
         sent += c.on_result(result(i, model="level", labels=[("sound", 0.5)],
                                    level=Level(-20.0 - i / 10, -3.0, 0)), now) + c.tick(now)
-    labels, levels = by_topic(sent)[T.labels("mic1", "level")], by_topic(sent)[T.level("mic1")]
+        sent += c.on_result(result(i, model="vad", labels=[("speech", i / 100)]), now + 0.001)
+    labels, levels = by_topic(sent)[T.labels("mic1")], by_topic(sent)[T.level("mic1")]
     assert 6 <= len(labels) <= 8 and 6 <= len(levels) <= 8, (len(labels), len(levels))  # 2 per s over 3.2 s
+    assert {p.kind for p in sent if p.topic in (T.labels("mic1"), T.level("mic1"))} == {Kind.TELEMETRY}
+    assert set(json.loads(labels[-1])["models"]) == {"level", "vad"}  # every model in one message
     assert problems(level_cfg, json.loads(by_topic(sent)[level_cfg][0])) == []
     # The last window's values wait for their turn, then go out (the stream went quiet).
     late = by_topic(c.tick(3.2 + 0.6))
     assert json.loads(late[T.level("mic1")][0])["rms_dbfs"] == pytest.approx(-20.0 - 99 / 10)
-    assert json.loads(late[T.labels("mic1", "level")][0])["end_ns"] == T0 + 100 * HOP_NS
+    last = json.loads(late[T.labels("mic1")][0])["models"]
+    assert last["level"]["end_ns"] == T0 + 100 * HOP_NS and last["vad"]["labels"] == [{"label": "speech",
+                                                                                      "score": 0.99}]
     assert T.level("mic1") not in by_topic(c.tick(3.2 + 1.2))  # sent once, not again
 
 
