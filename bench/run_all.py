@@ -35,6 +35,7 @@ QUICK_ARGS = {
     "capture": ["--seconds", "10"],
     "convert": ["--frames", "200", "--repeat", "1"],
     "classify": ["--windows", "128", "--seconds", "1"],
+    "mqtt": ["--seconds", "5", "--warmup", "2"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
