@@ -11,8 +11,9 @@ extras="[all]"
 # libportaudio2: PortAudio for sounddevice. pulseaudio*: loopback capture (and the CI's virtual sound card).
 # ffmpeg: network/URL sources. sox, espeak-ng, alsa-utils: test audio. iproute2: two-host test.
 # docker-compose: validates docker-compose.yml (no engine needed).
+# mosquitto, mosquitto-clients, openssl: the MQTT bridge's tests run a real broker with TLS certificates.
 APT_PACKAGES="python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils alsa-utils
-  ffmpeg sox espeak-ng iproute2 procps docker-compose"
+  ffmpeg sox espeak-ng iproute2 procps docker-compose mosquitto mosquitto-clients openssl"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if command -v apt-get >/dev/null; then
