@@ -16,7 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from common.cli.main import run as run_cli
-from common.wire.messages import Event, Label, Result
+from common.wire.codec import encode
+from common.wire.messages import Event, Label, Result, StoredEvent
 from mqtt_bridge.cli import register
 from mqtt_bridge.names import Topics
 from tests.conftest import ROOT, start
@@ -279,3 +280,20 @@ def test_a_password_from_a_file(procs, broker, results, tmp_path, watcher) -> No
           env={"SOUNDBUS_MQTT_PASSWORD": "", "SOUNDBUS_MQTT_USERNAME": ""}).wait_for("connected to the MQTT broker")
     watcher(broker.port).on(T.bridge_status, b"online")
     assert mqtt.MQTTv311  # the default protocol; MQTT 5 is covered above
+
+
+def test_stored_events_add_the_event_id_and_clip(procs, broker, watcher, results) -> None:
+    """With --events (here on the same address, as through a proxy), an event message waits for the
+    event store's StoredEvent and carries its id and clip; the state does not wait."""
+    w = watcher(broker.port)
+    bridge(procs, results, broker.port, "--events", "--events-wait-ms", "5000")
+    feed = Feed(results)
+    feed.until(seen(w, T.stream_status("mic1"), b"online"))
+    feed.send(("speech", "start"))
+    w.on(STATE, b"ON")
+    _, start_ns, _ = feed.events[-1]
+    assert not [m for m in w.messages if m.topic == T.event("mic1", "vad")]  # waiting for the store
+    results.sock.send(encode(StoredEvent("mic1", "vad", "speech", 17, start_ns, 0, 0.9, 0.9,
+                                         clip="mic1/17.wav")))
+    ev = json.loads(w.on(T.event("mic1", "vad"))[0].payload)
+    assert (ev["event_id"], ev["clip"], ev["start_ns"]) == (17, "mic1/17.wav", start_ns)
