@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -66,7 +66,7 @@ class BridgeConfig:
     long for the event store's StoredEvent (id, clip); 0: sent at once.
     """
 
-    topics: Topics = Topics()
+    topics: Topics = field(default_factory=Topics)
     labels: frozenset[str] | None = None
     discovery: bool = True
     qos: int = 1
@@ -81,7 +81,7 @@ class BridgeConfig:
 class ModelState:
     """One model on one stream: continuity, which labels are on, the waiting top labels."""
 
-    __slots__ = ("cursor", "on", "keys", "last", "ended")
+    __slots__ = ("cursor", "ended", "keys", "last", "on")
 
     def __init__(self) -> None:
         self.cursor = SeqCursor()
@@ -94,8 +94,8 @@ class ModelState:
 class StreamState:
     """One stream: online or not, its models, the waiting level and labels."""
 
-    __slots__ = ("online", "last_seen", "models", "level_due", "level_pending", "level_known", "labels",
-                 "labels_due", "labels_waiting")
+    __slots__ = ("labels", "labels_due", "labels_waiting", "last_seen", "level_due", "level_known", "level_pending",
+                 "models", "online")
 
     def __init__(self) -> None:
         self.online = False
