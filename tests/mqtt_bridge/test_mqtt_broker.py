@@ -8,6 +8,7 @@ MQTT client in the test reads what arrives.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -234,6 +235,15 @@ def test_bad_flags_exit_2_with_one_sentence(flags, env, says, monkeypatch, capsy
     assert says in err and "Traceback" not in err, err
     sentences = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
     assert len(sentences) == 1 and says in sentences[0], err  # argparse adds its usage lines
+
+
+def test_the_bridge_needs_no_torch(tmp_path) -> None:
+    blocker = tmp_path / "torch"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'torch' (blocked by the test)\")\n")
+    r = subprocess.run([sys.executable, "-m", "mqtt_bridge", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, check=False, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert r.returncode == 0 and "--broker" in r.stdout, r.stderr
 
 
 def test_a_bad_flag_as_a_process_is_exit_2_and_no_traceback() -> None:

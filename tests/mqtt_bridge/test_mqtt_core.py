@@ -242,7 +242,7 @@ def test_a_stream_is_offline_after_its_end_or_a_silence() -> None:
 
 def test_streams_are_bounded_and_an_offline_one_makes_room() -> None:
     c = core(max_streams=2)
-    c.on_result(result(0, stream="a"), 0.0)
+    c.on_result(result(0, stream="a", events=[start("speech", 0)]), 0.0)
     c.on_result(result(0, stream="b"), 0.0)
     assert c.on_result(result(0, stream="c"), 0.0) == []
     assert c.metrics.drops["too_many_streams"] == 1
@@ -250,6 +250,9 @@ def test_streams_are_bounded_and_an_offline_one_makes_room() -> None:
     c.tick(2.2)
     assert by_topic(c.on_result(result(0, stream="c"), 2.3))[T.stream_status("c")] == [b"online"]
     assert set(c.streams) == {"b", "c"}
+    # Nothing of the forgotten stream is kept: memory stays bounded however many streams come and go.
+    assert not [t for t in [*c.configs, *c.retained, *c.availability] if "/a/" in t or "_a_" in t]
+    assert c.labels == 0
 
 
 def test_stop_sends_waiting_events_then_streams_and_bridge_offline() -> None:
