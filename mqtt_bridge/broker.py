@@ -264,4 +264,7 @@ class BrokerLink:
                 except (RuntimeError, ValueError):  # not queued (connection gone meanwhile)
                     break
         self.client.disconnect()
-        self.client.loop_stop()
+        if self.connected:
+            self.client.loop_stop()
+        # else paho's thread may sit in a connect attempt (up to its 5 s timeout): it is a daemon thread,
+        # so the process need not wait for it.

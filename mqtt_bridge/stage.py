@@ -8,6 +8,7 @@ while the link is up and paho has caught up with the previous handover.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from common.observe.metrics import StageMetrics
@@ -15,7 +16,9 @@ from common.runtime.stage import Now
 from common.wire.messages import Result, StoredEvent
 from mqtt_bridge.broker import BrokerLink
 from mqtt_bridge.core import BridgeCore
-from mqtt_bridge.outgoing import Outgoing
+from mqtt_bridge.outgoing import Kind, Outgoing
+
+log = logging.getLogger("soundbus.mqtt")
 
 HANDOVER = 1000  # publications handed to paho per turn, at most
 RETRY_S = 0.01  # with publications waiting and the link up, look again this soon
@@ -88,7 +91,13 @@ class MqttLogic:
     def finish(self, now: Now) -> list[bytes]:
         """Send what waits, then the streams and the bridge going offline (at most ~2 s); disconnect."""
         waiting = self.outgoing.take(len(self.outgoing))
-        self.link.stop(waiting + self.core.stop())
+        final = waiting + self.core.stop()
+        if not self.link.connected:
+            lost = sum(p.kind is Kind.EVENT for p in final)
+            if lost:
+                self.metrics.drop("events_unsent_at_stop", lost)
+                log.warning("stopping while the MQTT broker is away: %d event message(s) not delivered", lost)
+        self.link.stop(final)
         return []
 
     def outside_stats(self) -> dict[str, Any]:
