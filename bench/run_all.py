@@ -36,6 +36,7 @@ QUICK_ARGS = {
     "convert": ["--frames", "200", "--repeat", "1"],
     "classify": ["--windows", "128", "--seconds", "1"],
     "birdnet": ["--windows", "8", "--streams", "2", "--seconds", "6"],
+    "mqtt": ["--seconds", "5", "--warmup", "2"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
