@@ -142,6 +142,8 @@ def _total_bytes(paths: Sequence[str]) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     setup_logging(verbosity(args))
+    # strftime codes make a new name per start, so a restarted recorder (a container) never meets its old file.
+    args.file = time.strftime(args.file, time.gmtime())
     kinds = args.kind or ALL_KINDS
     streams: list[str | None] = list(args.stream) if args.stream else [None]
     prefixes = sorted({topic_for(k, s) for k in kinds for s in streams})
@@ -425,7 +427,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("record", help="record wire messages (exact frames, receive times) to a file")
-    p.add_argument("-o", "--file", required=True, metavar="FILE", help="recording to create (see --force)")
+    p.add_argument(
+        "-o", "--file", required=True, metavar="FILE",
+        help="recording to create (see --force); strftime codes are filled in (UTC) at start, e.g. "
+        "rec-%%Y%%m%%dT%%H%%M%%SZ.sbrec for a new file per start ('%%%%' for a literal %%)",
+    )
     p.add_argument("--kind", action="append", choices=ALL_KINDS, help="kind to record; repeat (default: all)")
     p.add_argument("--stream", action="append", metavar="S", help="stream id to record; repeat (default: all)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGINT/SIGTERM)")
