@@ -96,7 +96,8 @@ def add_stage_options(p: argparse.ArgumentParser, inputs: str | None, outputs: s
                    help="public .key of the side we connect to: encrypts the connecting sockets")
     g.add_argument("--curve-allow", type=Path, metavar="DIR",
                    help="directory of client .key files allowed to connect: encrypts the bound sockets")
-    g.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT")
+    g.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT (address from SOUNDBUS_METRICS_ADDR if set, "
+                   "e.g. 0.0.0.0 in a container)")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 

@@ -7,6 +7,7 @@ when ``--metrics-port`` is given the same numbers are exported with prometheus-c
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 
@@ -112,11 +113,14 @@ class _Prometheus:
             "soundbus_latency_seconds", "Latency per hop", ["stage", "hop"], buckets=_LATENCY_BUCKETS, registry=reg
         )
         self.queue = pc.Gauge("soundbus_queue_depth", "Items waiting in the stage", ["stage"], registry=reg)
+        # Loopback unless told otherwise: in a container or pod the scraper is elsewhere (0.0.0.0 there).
+        addr = os.environ.get("SOUNDBUS_METRICS_ADDR") or "127.0.0.1"
         try:
-            pc.start_http_server(port, addr="127.0.0.1", registry=reg)
-        except OSError as e:
+            pc.start_http_server(port, addr=addr, registry=reg)
+        except (OSError, ValueError) as e:  # ValueError: addr is no IP address (socket.getaddrinfo's complaint)
             raise SystemExit(
-                f"soundbus: cannot serve metrics on 127.0.0.1:{port} ({e.strerror}); choose another --metrics-port."
+                f"soundbus: cannot serve metrics on {addr}:{port} ({getattr(e, 'strerror', None) or e}); choose another "
+                f"--metrics-port (or SOUNDBUS_METRICS_ADDR)."
             ) from None
-        log.info("metrics at http://127.0.0.1:%d/metrics", port)
+        log.info("metrics at http://%s:%d/metrics", addr, port)
 
