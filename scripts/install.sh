@@ -10,9 +10,10 @@ extras="[all]"
 
 # libportaudio2: PortAudio for sounddevice. pulseaudio*: loopback capture (and the CI's virtual sound card).
 # ffmpeg: network/URL sources. sox, espeak-ng, alsa-utils: test audio. iproute2: two-host test.
-# docker-compose: validates docker-compose.yml (no engine needed).
+# docker.io, docker-compose, debootstrap: the container tests build the images and run the compose
+# stacks in a Docker engine of their own (debootstrap makes the base image where no registry is reachable).
 APT_PACKAGES="python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils alsa-utils
-  ffmpeg sox espeak-ng iproute2 procps docker-compose"
+  ffmpeg sox espeak-ng iproute2 procps docker.io docker-compose debootstrap"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if command -v apt-get >/dev/null; then
