@@ -12,7 +12,7 @@
 
 # ---- runtime: what every image needs at run time -------------------------------------------
 FROM debian:bookworm-slim AS runtime
-# ffmpeg decodes url: sources; it brings ~400 MB of codec and GL libraries. --build-arg FFMPEG=
+# ffmpeg decodes url: sources; it brings ~260 MB of codec and GL libraries. --build-arg FFMPEG=
 # leaves it out (every other source still works).
 ARG FFMPEG=ffmpeg
 # python3 (3.11 on bookworm): the interpreter. libportaudio2: sounddevice. libasound2-plugins: ALSA's

@@ -11,8 +11,10 @@ when it is missing (scripts/make-base-image.sh), builds both images, then runs
 - deploy/docker-compose.boxes.yml with both profiles on this host: the capture box records the
   host's PulseAudio through its socket, every link is CURVE, a client with an unknown key is refused.
 
-Cost on the 2-core CI machine, first run (nothing cached): base image ~1 min, slim ~2 min, torch
-~4 min (PyPI's torch, ~3.5 GB of wheels), each stack ~1 min; later runs rebuild only what changed.
+Cost on the 2-core CI machine, first run (nothing cached), otherwise idle: base image ~1 min, slim
+~2 min, torch ~3.5 min (PyPI's torch, ~3.5 GB of wheels), each stack 1-2 min; measured with other
+work running (load 12-19): 4, 6 and 8 min, 23 min in all. Later runs rebuild only what changed
+(a source change: ~35 s per image; the whole module then ~6 min).
 Skipped only where no engine can run: not root, no dockerd (Debian: docker.io), or one that will
 not start here (the reason says which). Select with `-m docker`, leave out with `-m "not docker"`.
 """
@@ -47,7 +49,6 @@ DOCKERD = shutil.which("dockerd") or ("/usr/sbin/dockerd" if os.path.exists("/us
 COMPOSE = shutil.which("docker-compose")
 BASE_IMAGE = "debian:bookworm-slim"
 DEMO = ROOT / "common" / "data" / "demo.wav"
-LONG_RUNNING = {"proxy", "capture", "convert", "classify-vad", "classify-yamnet", "tail", "record"}
 
 
 # ---- the engine ----------------------------------------------------------------------------------
@@ -157,6 +158,11 @@ def _stop_dockerd(engine: Engine) -> None:
             os.killpg(engine.proc.pid, signal.SIGKILL)
             engine.proc.wait(10)
     _stop_leftovers(engine.state)
+    # dockerd leaves its reference to the host's network namespace mounted under exec-root: unmount it.
+    with open("/proc/self/mounts") as f:
+        ours = [line.split()[1] for line in f if line.split()[1].startswith(str(engine.state) + "/")]
+    for mountpoint in reversed(ours):
+        subprocess.run(["umount", "--lazy", mountpoint], capture_output=True, timeout=30)
 
 
 def _ca_bundle() -> str | None:
