@@ -84,6 +84,13 @@ def k8s_documents(paths: list[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
                 yield path, doc
 
 
+def health_file() -> str:
+    """Where the images' stages write their health (SOUNDBUS_HEALTH_FILE, set in the Dockerfile)."""
+    (path,) = set(re.findall(r"SOUNDBUS_HEALTH_FILE=(\S+)", (ROOT / "Dockerfile").read_text()))
+    assert path.startswith("/tmp/"), path  # the pods mount an emptyDir there
+    return path
+
+
 def kustomize_build() -> str:
     r = subprocess.run([KUBECTL, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"kubectl kustomize failed:\n{r.stderr}"
@@ -249,6 +256,6 @@ def test_manifest_commands_parse_run_on_the_right_image_and_read_keys_and_health
             assert c["securityContext"]["readOnlyRootFilesystem"] is True, where
             assert "emptyDir" in volumes[mounts["/tmp"]["name"]], where
             probe = " ".join(c["livenessProbe"]["exec"]["command"])
-            assert "/tmp/soundbus-health.json" in probe, where
+            assert health_file() in probe, f"{where}: the probe does not read the image's health file"
             assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"], where
     assert seen == {"proxy", "convert", "classify"}
