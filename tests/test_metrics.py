@@ -85,3 +85,25 @@ def test_metrics_port_in_use_is_a_clear_error(procs) -> None:
         assert p.wait(30) == 2
         assert "metrics" in p.log() and str(port) in p.log()
 
+
+
+def test_metrics_address_comes_from_the_environment(procs) -> None:
+    """SOUNDBUS_METRICS_ADDR moves the endpoint off 127.0.0.1 (a pod's scraper is elsewhere); a bad one is exit 2."""
+    import os
+    import urllib.error
+
+    port = free_port()
+    env = {**os.environ, "SOUNDBUS_METRICS_ADDR": "127.0.0.2"}
+    p = start(procs, "convert", "--input", tcp(), "--output", tcp(), "--metrics-port", str(port), env=env)
+    p.wait_for(r"metrics at http://127\.0\.0\.2:")
+    with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5) as r:
+        assert b"soundbus_frames_in" in r.read()
+    try:
+        _scrape(port)  # 127.0.0.1: nothing listens there now
+        raise AssertionError("metrics answered on 127.0.0.1 too")
+    except urllib.error.URLError:
+        pass
+    bad = start(procs, "convert", "--input", tcp(), "--output", tcp(), "--metrics-port", str(free_port()),
+                env={**os.environ, "SOUNDBUS_METRICS_ADDR": "no such host"})
+    assert bad.wait(30) == 2
+    assert "SOUNDBUS_METRICS_ADDR" in bad.log() and "Traceback" not in bad.log()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -98,9 +99,11 @@ def add_stage_options(p: argparse.ArgumentParser, inputs: str | None, outputs: s
     g.add_argument("--curve-allow", type=Path, metavar="DIR",
                    help="directory of client .key files allowed to connect: encrypts the bound sockets")
     g.add_argument("--metrics-port", type=int_in(1, 65535), metavar="PORT",
-                   help="serve Prometheus metrics on 127.0.0.1:PORT")
-    g.add_argument("--health-file", type=Path, metavar="PATH",
-                   help="rewrite PATH about once a second with this stage's health as JSON (`soundbus health PATH`)")
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (the address from SOUNDBUS_METRICS_ADDR if set, "
+                   "e.g. 0.0.0.0 in a container)")
+    g.add_argument("--health-file", type=Path, metavar="PATH", default=os.environ.get("SOUNDBUS_HEALTH_FILE") or None,
+                   help="rewrite PATH about once a second with this stage's health as JSON (`soundbus health PATH`; "
+                   "default $SOUNDBUS_HEALTH_FILE)")
     if inputs is not None:
         g.add_argument("--max-streams", type=int_in(1, 1_000_000), default=DEFAULT_MAX_STREAMS, metavar="N",
                        help=f"streams held at once; more are refused and counted (default {DEFAULT_MAX_STREAMS})")

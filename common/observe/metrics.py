@@ -10,6 +10,7 @@ nor the exported label sets grow with the number of stream ids ever seen.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 
@@ -137,14 +138,16 @@ class _Prometheus:
             "soundbus_latency_seconds", "Latency per hop", ["stage", "hop"], buckets=_LATENCY_BUCKETS, registry=reg
         )
         self.queue = pc.Gauge("soundbus_queue_depth", "Items waiting in the stage", ["stage"], registry=reg)
+        # Loopback unless told otherwise: in a container or pod the scraper is elsewhere (0.0.0.0 there).
+        addr = os.environ.get("SOUNDBUS_METRICS_ADDR") or "127.0.0.1"
         try:
-            pc.start_http_server(port, addr="127.0.0.1", registry=reg)
-        except (OSError, OverflowError) as e:
+            pc.start_http_server(port, addr=addr, registry=reg)
+        except (OSError, OverflowError, ValueError) as e:  # ValueError: addr is no IP address
             raise UserError(
-                f"cannot serve metrics on 127.0.0.1:{port} ({getattr(e, 'strerror', None) or e}); "
-                "choose another --metrics-port (1-65535, not in use)."
+                f"cannot serve metrics on {addr}:{port} ({getattr(e, 'strerror', None) or e}); choose another "
+                "--metrics-port (1-65535, not in use) or SOUNDBUS_METRICS_ADDR."
             ) from None
-        log.info("metrics at http://127.0.0.1:%d/metrics", port)
+        log.info("metrics at http://%s:%d/metrics", addr, port)
 
     def forget(self, stage: str, stream: str) -> None:
         for metric in (self.frames_in, self.frames_out, self.gaps):

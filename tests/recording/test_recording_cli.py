@@ -267,6 +267,19 @@ def test_record_refuses_to_overwrite(procs, tmp_path: Path) -> None:
     os.chmod(out, 0o644)
 
 
+def test_record_file_name_takes_strftime_codes_so_a_restart_makes_a_new_file(procs, tmp_path: Path) -> None:
+    pattern = str(tmp_path / "rec-%Y%m%dT%H%M%SZ-100%%.sbrec")
+    before = time.strftime("%Y%m%d", time.gmtime())
+    first = soundbus(procs, "record", "-o", pattern, "--input", tcp(), "--duration", "0.3")
+    assert first.wait(30) == 0, first.log()
+    time.sleep(1.1)  # the next second: a second start must not meet the first file
+    second = soundbus(procs, "record", "-o", pattern, "--input", tcp(), "--duration", "0.3")
+    assert second.wait(30) == 0, second.log()
+    names = sorted(p.name for p in tmp_path.glob("rec-*.sbrec"))
+    assert len(names) == 2 and all(n.endswith("Z-100%.sbrec") for n in names), names
+    assert names[0][4:12] in (before, time.strftime("%Y%m%d", time.gmtime()))
+
+
 def test_tensors_results_and_heartbeats_record_and_replay_identically(procs, tmp_path: Path, zctx) -> None:
     addr = tcp()
     out = tmp_path / "kinds.sbrec"
