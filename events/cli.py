@@ -103,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                             f"{cfg.pre_roll_s:g} and --post-roll-s {cfg.post_roll_s:g}; make it longer.")
         wcfg = WriterConfig(clip_format=args.clip_format, fsync=not args.no_fsync,
                             max_age_s=args.max_age_days * 86400 if args.max_age_days else None,
-                            max_bytes=int(args.max_size_mb * 1e6) if args.max_size_mb else None)
+                            max_bytes=int(args.max_size_mb * 1e6) if args.max_size_mb else None,
+                            reserve_bytes=int(args.reserve_mb * 1e6))
         writer = StoreWriter(store_dir, wcfg)
         writer.start()
         metrics = stage_metrics(args, "events")
@@ -163,7 +164,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     with closing(conn):
         events = list_events(conn, _filter(args), args.limit or None)
     if args.json:
-        _print("\n".join(json.dumps(event_json(e)) for e in events))
+        if events:
+            _print("\n".join(json.dumps(event_json(e)) for e in events))
     elif events:
         _print(events_table(events))
     else:
@@ -231,7 +233,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with closing(conn):
         counts = hourly_counts(conn, _filter(args))
     if args.json:
-        _print("\n".join(json.dumps(c) for c in counts))
+        if counts:
+            _print("\n".join(json.dumps(c) for c in counts))
     elif counts:
         _print(table([("HOUR (UTC)", "LABEL", "EVENTS")] + [(c["hour"], c["label"], str(c["count"])) for c in counts]))
     else:
@@ -316,6 +319,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="delete events (rows and clips) older than DAYS")
     p.add_argument("--max-size-mb", type=float_in(1, 1e9, "MB"), metavar="MB",
                    help="delete the oldest events while the store is larger than MB")
+    p.add_argument("--reserve-mb", type=float_in(0, 1e6, "MB"), default=50.0, metavar="MB",
+                   help="stop writing clips while the disk has less than MB free, so events go on being recorded "
+                   "(default 50; 0: write clips until the disk is full)")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync clips (faster on slow disks; a power loss may then lose clips of stored events)")
     add_stage_options(p, inputs=DEFAULT_RESULT, outputs=DEFAULT_OUTPUT)

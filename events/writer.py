@@ -112,6 +112,7 @@ class WriterConfig:
     fsync: bool = True
     max_age_s: float | None = None
     max_bytes: int | None = None
+    reserve_bytes: int = 0  # clips stop while the file system has less than this free (rows go on in it)
 
 
 @dataclass
@@ -151,6 +152,7 @@ class StoreWriter:
         self._largest_clip = 0
         self.error: BaseException | None = None
         self.busy = False  # a batch is being written
+        self._truncate_wal = False
 
     # -- the loop's side ---------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ class StoreWriter:
                 set_meta(conn, "clean", "1")
                 conn.execute("COMMIT")
             except sqlite3.Error as e:
-                log.error("cannot mark the event store closed: %s", e)
+                log.warning("cannot mark the event store closed (%s): the next start checks every clip", e)
         except BaseException as e:  # a bug: the loop sees it and stops the process
             log.exception("the event store writer failed")
             self.error = e
@@ -286,6 +288,9 @@ class StoreWriter:
             return
         for _job, rel, _n in unnamed:
             (self.store_dir / rel).unlink(missing_ok=True)
+        if not self.clips_enabled:  # little room: keep the WAL from growing (rewind it after every commit)
+            self._checkpoint(conn, "TRUNCATE" if self._truncate_wal else "RESTART")
+            self._truncate_wal = False
         lost_ids = {job.id for job, _, _ in unnamed}
         written = [w for w in written if w[0].id not in lost_ids]
         self.stats.batches += 1
@@ -305,6 +310,12 @@ class StoreWriter:
             (r.id, r.stream, r.model, r.label, r.start_ns, r.end_ns, r.peak, r.mean, r.windows, r.status, r.source,
              now_ns))
 
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
+        try:
+            conn.execute(f"PRAGMA wal_checkpoint({mode})")
+        except sqlite3.Error:
+            pass
+
     def _rollback(self, conn: sqlite3.Connection, e: sqlite3.Error, batch: list[object],
                   written: list[tuple[ClipJob, str, int]]) -> None:
         """The transaction failed (most often: the disk is full): its rows are lost, its clips removed."""
@@ -317,6 +328,8 @@ class StoreWriter:
         for _job, rel, _n in written:
             (self.store_dir / rel).unlink(missing_ok=True)
         full = "full" in str(e).lower()
+        if full:
+            self._checkpoint(conn, "TRUNCATE")
         self._warn.warning("db_error", f"cannot write to the event store {self.store_dir} ({e}): {rows} event "
                                        f"update(s) lost{'; free some space' if full else ''}; trying again with "
                                        "the next ones")
@@ -327,18 +340,17 @@ class StoreWriter:
             return ClipStatus.NO_AUDIO
         if not self.clips_enabled:
             return ClipStatus.DISK_FULL
+        reserve = self.cfg.reserve_bytes
+        if reserve and 0 <= free_bytes(self.store_dir) < reserve + job.samples.nbytes:
+            self._stop_clips(f"has less than --reserve-mb {reserve / 1e6:g} MB free")
+            return ClipStatus.DISK_FULL
         fmt = clip_format_for(self.cfg.clip_format, job.rate)
         rel = clip_relpath(job.id, job.stream, job.start_ns, EXTENSIONS[fmt])
         try:
             clip = write_clip(self.store_dir / rel, job.samples, job.rate, job.kind, fmt, self.cfg.fsync)
         except OSError as e:
             if e.errno in DISK_FULL:
-                self.stats.disk_full += 1
-                self.clips_enabled = False
-                self._next_retry = time.monotonic() + RETRY_S
-                log.error("the disk holding the event store %s is full: clip writing stopped, events are still "
-                          "recorded without clips; free some space or set --max-size-mb (tried again every %.0f s)",
-                          self.store_dir, RETRY_S)
+                self._stop_clips("is full")
                 return ClipStatus.DISK_FULL
             self.stats.clip_errors += 1
             self._warn.warning("clip_error", f"cannot write clip {rel}: {e.strerror or e}")
@@ -348,6 +360,16 @@ class StoreWriter:
                                           "fit 24-bit FLAC (use --clip-format wav to keep them)")
         self._largest_clip = max(self._largest_clip, clip.bytes)
         return rel, clip.bytes
+
+    def _stop_clips(self, why: str) -> None:
+        """The disk is full (or at the reserve): no more clips until it has room; rows go on."""
+        self.stats.disk_full += 1
+        self.clips_enabled = False
+        self._truncate_wal = True  # give the rows the WAL's room back
+        self._next_retry = time.monotonic() + RETRY_S
+        log.error("the disk holding the event store %s %s: clip writing stopped, events are still recorded "
+                  "without clips; free some space or set --max-size-mb (looked at again every %.0f s)",
+                  self.store_dir, why, RETRY_S)
 
     def _publish(self, conn: sqlite3.Connection, ids: list[int]) -> None:
         if not ids:
@@ -380,7 +402,7 @@ class StoreWriter:
                              done.rows, done.clips, done.clip_bytes / 1e6, self._size / 1e6)
         if not self.clips_enabled and now >= self._next_retry:
             self._next_retry = now + RETRY_S
-            if free_bytes(self.store_dir) >= max(RESUME_FREE_BYTES, 4 * self._largest_clip):
+            if free_bytes(self.store_dir) >= cfg.reserve_bytes + max(RESUME_FREE_BYTES, 4 * self._largest_clip):
                 self.clips_enabled = True
                 log.info("the event store %s has room again: clip writing resumed", self.store_dir)
 
