@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common.process import ChildProcess
+from common.cli.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
