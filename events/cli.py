@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = EventsConfig(audio=args.audio, pre_roll_s=args.pre_roll_s, post_roll_s=args.post_roll_s,
                            max_clip_s=args.max_clip_s, lag_s=args.lag_s, idle_s=args.idle_s,
                            models=frozenset(args.model or ()), labels=frozenset(args.label or ()),
-                           max_streams=args.max_streams)
+                           max_streams=args.max_streams, max_ring_bytes=int(args.ring_mb * 2**20))
         if cfg.pre_roll_s + cfg.post_roll_s >= cfg.max_clip_s:
             raise UserError(f"--max-clip-s {cfg.max_clip_s:g} leaves no room for the event between --pre-roll-s "
                             f"{cfg.pre_roll_s:g} and --post-roll-s {cfg.post_roll_s:g}; make it longer.")
@@ -313,6 +313,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="how far results may trail their audio; the ring holds max-clip + lag seconds (default 5)")
     p.add_argument("--idle-s", type=float_in(0.1, 3600, "s"), default=10.0, metavar="S",
                    help="a stream with no audio this long gets its waiting clips cut with what arrived (default 10)")
+    p.add_argument("--ring-mb", type=float_in(1, 1e6, "MiB"), default=1024.0, metavar="MIB",
+                   help="memory for all streams' audio rings (16 kHz mono tensors: 1.6 MiB per stream with the "
+                   "defaults); a stream beyond it gets no clips (default 1024)")
     p.add_argument("--model", action="append", metavar="M", help="store only model M's events (repeatable)")
     p.add_argument("--label", action="append", metavar="L", help="store only label L (repeatable)")
     p.add_argument("--max-age-days", type=float_in(0.0001, 36500, "days"), metavar="DAYS",

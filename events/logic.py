@@ -42,6 +42,7 @@ NS = 1_000_000_000
 MAX_OPEN = 64  # labels on at once per stream and model (more: the newest onsets are not stored)
 MAX_PENDING_CLIPS = 4096  # clips waiting for their audio, all streams
 RECENT_SCORES = 256  # window scores kept per open event before they are folded into the running mean
+MAX_RING_BYTES = 64 * 2**20  # one stream's ring at most (a 768 kHz 64-channel stream holds less than max_clip_s)
 _DISC, _END = int(Flag.DISCONTINUITY), int(Flag.END)
 
 
@@ -58,6 +59,7 @@ class EventsConfig:
     models: frozenset[str] = frozenset()  # only these models (empty: all)
     labels: frozenset[str] = frozenset()  # only these labels (empty: all)
     max_streams: int = 1024
+    max_ring_bytes: int = 2**30  # all streams' rings together; a stream beyond it gets no clips (counted)
     cursor_every_s: float = 1.0
 
 
@@ -229,12 +231,31 @@ class EventsLogic:
             if ring is not None:
                 self._cut_all(sa, now.mono)  # what the old epoch (or format) holds is all its clips will get
             if ring is None or not ring.matches(h.rate, h.channels, kind):
-                seconds = self.cfg.max_clip_s + self.cfg.lag_s
-                ring = sa.ring = AudioRing(h.rate, h.channels, kind, int(seconds * h.rate) + 1)
+                ring = sa.ring = self._new_ring(sa, h.stream, h.rate, h.channels, kind)
+                if ring is None:
+                    return
             ring.reset(h.offset)
         ring.push(frames_of(msg), h.offset, h.t_capture_ns, h.lost)
         if sa.pending:
             self._cut_ready(sa, now.mono)
+
+    def _new_ring(self, sa: StreamAudio, stream: str, rate: int, channels: int, kind) -> AudioRing | None:
+        """A ring of max_clip_s + lag_s for the stream (less if one ring would pass MAX_RING_BYTES),
+        within the budget of all rings; None (counted) beyond it."""
+        sa.ring = None
+        per_second = rate * channels * kind.dtype.itemsize
+        capacity = min(int((self.cfg.max_clip_s + self.cfg.lag_s) * rate) + 1, MAX_RING_BYTES // (channels *
+                                                                                               kind.dtype.itemsize))
+        held = sum(other.ring.nbytes for other in self.audio.values() if other.ring is not None)
+        if held + capacity * channels * kind.dtype.itemsize > self.cfg.max_ring_bytes:
+            self.metrics.drop("ring_budget")
+            self.warn.warning("ring_budget", f"stream {stream}: no room for its audio ({held / 2**20:.0f} MiB of "
+                                             "rings held); its events get no clips")
+            return None
+        if capacity < (self.cfg.max_clip_s + self.cfg.lag_s) * rate:
+            self.warn.warning("ring_cap", f"stream {stream}: {per_second / 1e6:.1f} MB/s of audio; its ring holds "
+                                          f"{capacity / rate:.1f} s, clips are at most that long")
+        return AudioRing(rate, channels, kind, capacity)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -440,11 +461,15 @@ class EventsLogic:
     def _cut_idle(self, now: float) -> None:
         """Streams whose audio stopped for idle_s: their clips get what arrived; results with no audio at all
         give up after idle_s too."""
-        for sa in self.audio.values():
-            if sa.pending and now - sa.last_rx > self.cfg.idle_s:
-                self.warn.log(logging.INFO, "idle_cut", f"audio silent for {now - sa.last_rx:.0f} s: cutting "
-                                                        f"{len(sa.pending)} clip(s) with the audio held")
+        for name, sa in self.audio.items():
+            if now - sa.last_rx <= self.cfg.idle_s:
+                continue
+            if sa.pending:
+                self.warn.log(logging.INFO, "idle_cut", f"stream {name}: no audio for {now - sa.last_rx:.0f} s: "
+                                                        f"cutting {len(sa.pending)} clip(s) with the audio held")
                 self._cut_all(sa, now)
+            if sa.ended:  # over, and its last results had idle_s to arrive: the ring's memory goes back
+                self.audio.pop(name)
 
     def _flush_cursors(self) -> None:
         rows = []

@@ -101,6 +101,11 @@ class AudioRing:
         self.anchors: deque[Anchor] = deque()
         self.gaps: deque[tuple[int, int]] = deque()  # (first missing index, length)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the ring holds (allocated once, at its full size)."""
+        return self._buf.nbytes
+
     def matches(self, rate: int, channels: int, kind: SampleKind) -> bool:
         return (rate, channels, kind) == (self.rate, self.channels, self.kind)
 

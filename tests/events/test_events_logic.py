@@ -240,3 +240,15 @@ def test_labels_and_models_not_asked_for_are_not_stored(harness) -> None:
     h.handle([r, other])
     h.finish()
     assert [(row["model"], row["label"]) for row in h.rows()] == [("yamnet", "Dog")]
+
+
+def test_rings_stay_within_their_memory_budget_and_a_stream_beyond_it_gets_no_clips(harness) -> None:
+    ring = (20.0 + 5.0) * RATE * 4  # max_clip_s + lag_s of 16 kHz mono float
+    h = harness(max_ring_bytes=int(ring * 1.5))
+    x = s16_float(RATE * 4)
+    scores = speech_scores(len(x) // HOP, (40, 80))
+    for stream in ("a", "b"):
+        h.feed(tensor_messages(stream, x, RATE, HOP, T0), window_results(stream, "vad", scores, RATE, HOP, T0))
+    h.finish()
+    assert [(r["stream"], r["clip_status"]) for r in h.rows()] == [("a", "written"), ("b", "no_audio")]
+    assert h.metrics.drops["ring_budget"] >= 1
