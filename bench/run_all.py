@@ -35,6 +35,7 @@ QUICK_ARGS = {
     "capture": ["--seconds", "10"],
     "convert": ["--frames", "200", "--repeat", "1"],
     "classify": ["--windows", "128", "--seconds", "1"],
+    "events": ["--seconds", "5", "--events", "60"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
