@@ -19,16 +19,23 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from common.cli.main import add_stage_options, float_in, inputs_of, int_in, outputs_of, socket_options, stage_metrics, \
-    verbosity
+from common.cli.main import (
+    add_stage_options,
+    float_in,
+    inputs_of,
+    int_in,
+    outputs_of,
+    socket_options,
+    stage_metrics,
+    verbosity,
+)
 from common.errors import UserError
 from common.runtime.stage import Runtime, StopFlag, setup_logging
 from common.transport.sockets import DEFAULT_RESULT
 from common.wire.topics import Kind, topic_for
 from events.clips import FORMATS, read_clip, write_clip
 from events.logic import EventsConfig, EventsLogic
-from events.query import Filter, event_json, events_table, get_event, hourly_counts, iso, list_events, parse_time, \
-    table
+from events.query import Filter, event_json, events_table, get_event, hourly_counts, iso, list_events, parse_time, table
 from events.ring import SampleKind
 from events.schema import db_path, open_db, schema_version
 from events.store import prune, recover, set_meta, store_bytes
@@ -155,8 +162,8 @@ def _filter(args: argparse.Namespace) -> Filter:
 def _print(text: str) -> None:
     try:
         print(text, flush=True)
-    except BrokenPipeError:  # `soundbus events list | head`
-        sys.stdout = open(os.devnull, "w")
+    except BrokenPipeError:  # `soundbus events list | head`: the reader left; Python must not fail at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def cmd_list(args: argparse.Namespace) -> int:

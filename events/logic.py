@@ -294,8 +294,7 @@ class EventsLogic:
             ev = track.open.get(lbl.name)
             if ev is not None and r.start_ns >= ev.start_ns:
                 ev.add_score(r.start_ns, lbl.score)
-                if lbl.score > ev.peak:
-                    ev.peak = lbl.score
+                ev.peak = max(ev.peak, lbl.score)
         track.epoch, track.seq, track.end_ns, track.dirty = r.epoch, r.seq, r.end_ns, True
         self.metrics.frame_in(r.stream)
 

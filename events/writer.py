@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from common.observe.ratelog import RateLimitedLog
 from common.wire.codec import encode
 from events.clips import DISK_FULL, EXTENSIONS, clip_format_for, free_bytes, write_clip
@@ -195,7 +196,7 @@ class StoreWriter:
     def _run(self) -> None:
         try:
             conn = open_db(self.store_dir, create=True)
-        except BaseException as e:  # reported by the loop (it checks .error)
+        except (UserError, sqlite3.Error, OSError) as e:  # reported by the loop (it checks .error)
             self.error = e
             return
         try:
@@ -215,7 +216,7 @@ class StoreWriter:
                 conn.execute("COMMIT")
             except sqlite3.Error as e:
                 log.warning("cannot mark the event store closed (%s): the next start checks every clip", e)
-        except BaseException as e:  # a bug: the loop sees it and stops the process
+        except Exception as e:  # a bug: the loop sees it and stops the process
             log.exception("the event store writer failed")
             self.error = e
         finally:

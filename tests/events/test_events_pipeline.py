@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,7 @@ def recorded_tensors(path: Path, stream: str) -> tuple[np.ndarray, list[tuple[in
     finally:
         reader.close()
     offsets = sorted(chunks)
-    assert offsets[0] == 0 and all(a + len(chunks[a]) == b for a, b in zip(offsets, offsets[1:])), "tensor gap"
+    assert offsets[0] == 0 and all(a + len(chunks[a]) == b for a, b in pairwise(offsets)), "tensor gap"
     return np.concatenate([chunks[o] for o in offsets]), sorted(anchors)
 
 

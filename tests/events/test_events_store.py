@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 
 from common.cli.main import run
@@ -197,7 +196,7 @@ def test_list_show_export_stats_prune_info(tmp_path, capsys) -> None:
     assert (shown["id"], shown["clip_exists"], shown["duration_s"]) == (4, True, 1.0)
     code, out, _ = soundbus_events("show", "4", "--dir", str(store), capsys=capsys)
     assert "clip_path" in out and "clips/d/4.wav" in out
-    code, _, err = soundbus_events("export", "3", "-o", str(tmp_path / "three.flac"), "--dir", str(store),
+    code, _, _ = soundbus_events("export", "3", "-o", str(tmp_path / "three.flac"), "--dir", str(store),
                                    capsys=capsys)
     data, rate, subtype = read_clip(tmp_path / "three.flac")
     assert code == 0 and (rate, subtype) == (16000, "PCM_16") and np.all(data == 3) and len(data) == 16000
