@@ -84,7 +84,7 @@ def load_state(conn: sqlite3.Connection) -> tuple[int, dict, dict]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(verbosity(args))
-    store_dir = _store_dir(args)
+    store_dir, _ = db_path(_store_dir(args))  # a directory, or the events.db in it
     inputs, outputs, opts = inputs_of(args), outputs_of(args), socket_options(args)
     lock = _lock(store_dir)
     try:
