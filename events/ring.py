@@ -59,8 +59,8 @@ def frames_of(msg: Audio) -> np.ndarray:
     """The message's samples as (frames, channels) in the ring's dtype; every value kept exactly."""
     h = msg.header
     x = msg.samples()  # (samples, channels[, 3]) interleaved or (channels, samples[, 3]) planar
-    if h.layout is Layout.PLANAR:
-        x = np.moveaxis(x, 0, 1)
+    if h.layout is Layout.PLANAR:  # (channels, samples[, 3]) -> (samples, channels[, 3]), a view
+        x = x.T if x.ndim == 2 else x.transpose(1, 0, 2)
     fmt = h.format
     if fmt is SampleFormat.S24:  # 3 little-endian bytes -> the high 24 bits of an int32
         b = x.astype(np.int32)
