@@ -86,6 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(verbosity(args))
     store_dir, _ = db_path(_store_dir(args))  # a directory, or the events.db in it
     inputs, outputs, opts = inputs_of(args), outputs_of(args), socket_options(args)
+    if args.pre_roll_s + args.post_roll_s >= args.max_clip_s:
+        raise UserError(f"--max-clip-s {args.max_clip_s:g} leaves no room for the event between --pre-roll-s "
+                        f"{args.pre_roll_s:g} and --post-roll-s {args.post_roll_s:g}; make it longer.")
     lock = _lock(store_dir)
     try:
         conn = open_db(store_dir, create=True)
@@ -105,9 +108,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                            max_clip_s=args.max_clip_s, lag_s=args.lag_s, idle_s=args.idle_s,
                            models=frozenset(args.model or ()), labels=frozenset(args.label or ()),
                            max_streams=args.max_streams, max_ring_bytes=int(args.ring_mb * 2**20))
-        if cfg.pre_roll_s + cfg.post_roll_s >= cfg.max_clip_s:
-            raise UserError(f"--max-clip-s {cfg.max_clip_s:g} leaves no room for the event between --pre-roll-s "
-                            f"{cfg.pre_roll_s:g} and --post-roll-s {cfg.post_roll_s:g}; make it longer.")
         wcfg = WriterConfig(clip_format=args.clip_format, fsync=not args.no_fsync,
                             max_age_s=args.max_age_days * 86400 if args.max_age_days else None,
                             max_bytes=int(args.max_size_mb * 1e6) if args.max_size_mb else None,

@@ -130,7 +130,7 @@ def open_db(store: Path, create: bool = False, migrate: bool = True) -> sqlite3.
     store_dir, path = db_path(store)
     if not path.exists():
         if not create:
-            raise UserError(f"{store} is not a soundbus event store (no {DB_NAME}); give the directory "
+            raise UserError(f"no event store at {store} (no {DB_NAME} there); give the directory "
                             "`soundbus events run --dir` writes to.")
         try:
             (store_dir / CLIPS_DIR).mkdir(parents=True, exist_ok=True)
