@@ -75,5 +75,5 @@ def test_a_full_disk_stops_clips_keeps_events_and_never_stalls(harness, small_di
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and ("is full" if not reserve_mb else "less than --reserve-mb 0.4 MB free") in errors[0]
     assert "clip writing stopped, events are still recorded without clips" in errors[0]
-    # the loop only queues: no message waited for the disk (a handle() call takes well under 50 ms even loaded)
-    assert slowest < 0.25, slowest
+    # the loop only queues: no message waited for the disk (test_events_logic holds the writer stuck for 3 s)
+    assert slowest < 1.0, slowest

@@ -252,3 +252,36 @@ def test_rings_stay_within_their_memory_budget_and_a_stream_beyond_it_gets_no_cl
     h.finish()
     assert [(r["stream"], r["clip_status"]) for r in h.rows()] == [("a", "written"), ("b", "no_audio")]
     assert h.metrics.drops["ring_budget"] >= 1
+
+
+def test_a_stuck_writer_never_blocks_the_loop_and_catches_up(harness) -> None:
+    import sqlite3
+    import threading
+
+    h = harness()
+    x = s16_float(RATE * 10)
+    scores = np.resize(np.r_[np.full(20, 0.9), np.zeros(20)], len(x) // HOP)
+    audio = tensor_messages("mic", x, RATE, HOP, T0)
+    results = window_results("mic", "vad", scores, RATE, HOP, T0)
+    other = sqlite3.connect(h.store / "events.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")  # the writer waits (up to its 5 s busy timeout) for this lock
+    release = threading.Timer(3.0, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        t0 = time.monotonic()
+        slowest = 0.0
+        for k, a in enumerate(audio):
+            t = time.monotonic()
+            h.handle([a] + ([results[k - 4]] if k >= 4 else []))
+            slowest = max(slowest, time.monotonic() - t)
+        h.handle(results[len(audio) - 4:])
+        fed = time.monotonic() - t0
+        assert h.writer.busy or h.writer.queued  # the writer is still stuck when the whole run is fed
+    finally:
+        release.join()
+        other.close()
+    assert slowest < 1.0 and fed < 2.5, (slowest, fed)  # it never waited for the 3 s lock
+    h.finish()
+    events = sum(e.state == "stop" for r in results for e in r.events)
+    rows = h.rows()
+    assert len(rows) == events and all(r["status"] == "closed" and r["clip_status"] == "written" for r in rows)
