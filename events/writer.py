@@ -126,6 +126,7 @@ class WriterStats:
     clip_bytes: int = 0
     refused: Counter = field(default_factory=Counter)  # queue full, by item type
     failed_rows: int = 0
+    failed_batches: int = 0  # transactions lost (rows, clip names and statuses in them)
     clip_errors: int = 0
     disk_full: int = 0
     pruned: int = 0
@@ -242,9 +243,12 @@ class StoreWriter:
         return items
 
     def _write(self, conn: sqlite3.Connection, batch: list[object]) -> None:
-        """Clips first (files renamed into place), then every row in one transaction, then publish."""
+        """Clips first (files renamed into place), then every row in one transaction, then publish.
+
+        A transaction that fails because the disk is full is tried once more after the WAL
+        is truncated (that often frees enough); if it fails again its rows are lost (counted)."""
         written: list[tuple[ClipJob, str, int]] = []
-        statuses: list[ClipMissing] = []
+        statuses = [item for item in batch if isinstance(item, ClipMissing)]
         for item in batch:
             if isinstance(item, ClipJob):
                 result = self._write_clip(item)
@@ -252,41 +256,20 @@ class StoreWriter:
                     statuses.append(ClipMissing(item.id, result))
                 else:
                     written.append((item, *result))
-        now_ns = time.time_ns()
-        changed: list[int] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                if isinstance(item, EventRow):
-                    self._upsert(conn, item, now_ns)
-                    changed.append(item.id)
-                elif isinstance(item, ClipMissing):
-                    statuses.append(item)
-                elif isinstance(item, Cursors):
-                    conn.executemany("INSERT INTO cursors (stream, model, epoch, seq, end_ns) VALUES (?, ?, ?, ?, ?) "
-                                     "ON CONFLICT (stream, model) DO UPDATE SET epoch = excluded.epoch, "
-                                     "seq = excluded.seq, end_ns = excluded.end_ns", item.rows)
-                elif isinstance(item, Outage):
-                    conn.execute("INSERT INTO outages (stream, model, from_ns, to_ns, results, cause, noted_ns) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (item.stream, item.model, item.from_ns, item.to_ns,
-                                                                  item.results, item.cause, now_ns))
-            unnamed = []
-            for job, rel, nbytes in written:
-                cur = conn.execute("UPDATE events SET clip = ?, clip_status = ?, clip_offset = ?, clip_rate = ?, "
-                                   "clip_samples = ?, clip_start_ns = ?, clip_end_ns = ?, clip_bytes = ?, gap_ms = ? "
-                                   "WHERE id = ?", (rel, ClipStatus.WRITTEN, job.offset, job.rate,
-                                                    job.samples.shape[0], job.clip_start_ns, job.clip_end_ns, nbytes,
-                                                    job.gap_ms, job.id))
-                if cur.rowcount:
-                    changed.append(job.id)
-                else:  # its row was never stored (refused, failed) or was pruned meanwhile
-                    unnamed.append((job, rel, nbytes))
-            for m in statuses:
-                conn.execute("UPDATE events SET clip_status = ? WHERE id = ?", (m.status, m.id))
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            self._rollback(conn, e, batch, written)
-            return
+        for attempt in (1, 2):
+            try:
+                changed, unnamed = self._apply(conn, batch, written, statuses)
+                break
+            except sqlite3.Error as e:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if attempt == 1 and "full" in str(e).lower():
+                    self._checkpoint(conn, "TRUNCATE")
+                    continue
+                self._failed(e, batch, written)
+                return
         for _job, rel, _n in unnamed:
             (self.store_dir / rel).unlink(missing_ok=True)
         if not self.clips_enabled:  # little room: keep the WAL from growing (rewind it after every commit)
@@ -301,6 +284,39 @@ class StoreWriter:
         if self._size is not None:
             self._size += sum(n for _, _, n in written)
         self._publish(conn, changed)
+
+    def _apply(self, conn: sqlite3.Connection, batch: list[object], written: list[tuple[ClipJob, str, int]],
+               statuses: list[ClipMissing]) -> tuple[list[int], list[tuple[ClipJob, str, int]]]:
+        """One transaction for the batch's rows; returns (event ids changed, clips whose row does not exist)."""
+        now_ns = time.time_ns()
+        changed: list[int] = []
+        unnamed = []
+        conn.execute("BEGIN IMMEDIATE")
+        for item in batch:
+            if isinstance(item, EventRow):
+                self._upsert(conn, item, now_ns)
+                changed.append(item.id)
+            elif isinstance(item, Cursors):
+                conn.executemany("INSERT INTO cursors (stream, model, epoch, seq, end_ns) VALUES (?, ?, ?, ?, ?) "
+                                 "ON CONFLICT (stream, model) DO UPDATE SET epoch = excluded.epoch, "
+                                 "seq = excluded.seq, end_ns = excluded.end_ns", item.rows)
+            elif isinstance(item, Outage):
+                conn.execute("INSERT INTO outages (stream, model, from_ns, to_ns, results, cause, noted_ns) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (item.stream, item.model, item.from_ns, item.to_ns,
+                                                              item.results, item.cause, now_ns))
+        for job, rel, nbytes in written:
+            cur = conn.execute("UPDATE events SET clip = ?, clip_status = ?, clip_offset = ?, clip_rate = ?, "
+                               "clip_samples = ?, clip_start_ns = ?, clip_end_ns = ?, clip_bytes = ?, gap_ms = ? "
+                               "WHERE id = ?", (rel, ClipStatus.WRITTEN, job.offset, job.rate, job.samples.shape[0],
+                                                job.clip_start_ns, job.clip_end_ns, nbytes, job.gap_ms, job.id))
+            if cur.rowcount:
+                changed.append(job.id)
+            else:  # its row was never stored (refused, failed) or was pruned meanwhile
+                unnamed.append((job, rel, nbytes))
+        for m in statuses:
+            conn.execute("UPDATE events SET clip_status = ? WHERE id = ?", (m.status, m.id))
+        conn.execute("COMMIT")
+        return changed, unnamed
 
     def _upsert(self, conn: sqlite3.Connection, r: EventRow, now_ns: int) -> None:
         conn.execute(
@@ -317,20 +333,14 @@ class StoreWriter:
         except sqlite3.Error:
             pass
 
-    def _rollback(self, conn: sqlite3.Connection, e: sqlite3.Error, batch: list[object],
-                  written: list[tuple[ClipJob, str, int]]) -> None:
+    def _failed(self, e: sqlite3.Error, batch: list[object], written: list[tuple[ClipJob, str, int]]) -> None:
         """The transaction failed (most often: the disk is full): its rows are lost, its clips removed."""
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         rows = sum(isinstance(i, EventRow) for i in batch)
         self.stats.failed_rows += rows
+        self.stats.failed_batches += 1
         for _job, rel, _n in written:
             (self.store_dir / rel).unlink(missing_ok=True)
         full = "full" in str(e).lower()
-        if full:
-            self._checkpoint(conn, "TRUNCATE")
         self._warn.warning("db_error", f"cannot write to the event store {self.store_dir} ({e}): {rows} event "
                                        f"update(s) lost{'; free some space' if full else ''}; trying again with "
                                        "the next ones")
