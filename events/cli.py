@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         writer.start()
         metrics = stage_metrics(args, "events")
         stop = StopFlag()
-        logic = EventsLogic(cfg, writer, metrics, next_id, open_rows, cursors)
+        logic = EventsLogic(cfg, writer, metrics, next_id, open_rows, cursors, stop)
         try:
             with Runtime("events", metrics, stop, args.health_file) as rt:
                 prefixes = [topic_for(Kind.RESULT)]
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             writer.close()
     finally:
         os.close(lock)
-    return 0
+    return 1 if writer.error is not None else 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from common.observe.metrics import StageMetrics
 from common.observe.ratelog import RateLimitedLog
-from common.runtime.stage import Now
+from common.runtime.stage import Now, StopFlag
 from common.runtime.streams import Continuity, SeqCursor, StreamTable
 from common.wire.codec import Audio
 from common.wire.messages import Flag, Result
@@ -142,8 +142,8 @@ class EventsLogic:
     """
 
     def __init__(self, cfg: EventsConfig, writer: StoreWriter, metrics: StageMetrics, next_id: int = 1,
-                 open_rows: dict | None = None, cursors: dict | None = None) -> None:
-        self.cfg, self.writer, self.metrics = cfg, writer, metrics
+                 open_rows: dict | None = None, cursors: dict | None = None, stop: StopFlag | None = None) -> None:
+        self.cfg, self.writer, self.metrics, self.stop = cfg, writer, metrics, stop
         self.next_id = self.first_id = next_id
         self.audio_kind = Kind.RAW if cfg.audio == "raw" else Kind.TENSOR
         self.audio: StreamTable[StreamAudio] = StreamTable(
@@ -169,8 +169,9 @@ class EventsLogic:
         return self.tick(now)
 
     def tick(self, now: Now) -> list[bytes]:
-        if self.writer.error is not None:
-            raise RuntimeError(f"the event store writer stopped: {self.writer.error}")
+        if self.writer.error is not None and self.stop is not None and not self.stop:
+            log.error("the event store's writer stopped (%s): nothing more can be stored; stopping", self.writer.error)
+            self.stop.set()  # the process exits non-zero (events.cli)
         if now.mono >= self._next_idle_check:
             self._next_idle_check = now.mono + 0.5
             self._cut_idle(now.mono)

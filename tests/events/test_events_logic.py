@@ -285,3 +285,24 @@ def test_a_stuck_writer_never_blocks_the_loop_and_catches_up(harness) -> None:
     events = sum(e.state == "stop" for r in results for e in r.events)
     rows = h.rows()
     assert len(rows) == events and all(r["status"] == "closed" and r["clip_status"] == "written" for r in rows)
+
+
+def test_a_writer_that_fails_stops_the_stage(tmp_path, monkeypatch, caplog) -> None:
+    import sqlite3
+
+    from common.observe.metrics import StageMetrics
+    from common.runtime.stage import Now, StopFlag
+    from events.logic import EventsConfig, EventsLogic
+    from events.writer import StoreWriter
+
+    def broken(*_a, **_k):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(writer_mod, "open_db", broken)
+    w = StoreWriter(tmp_path, WriterConfig())
+    w.start()
+    w._thread.join(5)
+    stop = StopFlag(install=False)
+    logic = EventsLogic(EventsConfig(), w, StageMetrics("events"), stop=stop)
+    logic.tick(Now(time.monotonic(), time.time_ns()))
+    assert stop and "writer stopped (disk I/O error)" in caplog.text
