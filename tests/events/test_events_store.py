@@ -174,7 +174,7 @@ def test_the_writer_applies_retention_while_running(harness, tmp_path) -> None:
     populated(store, 10).close()
     h = harness(store, wcfg=WriterConfig(fsync=False, max_age_s=4.5 * 60))
     deadline = time.monotonic() + 10
-    clips = lambda: sorted(int(p.stem) for p in (store / "clips/d").iterdir())  # noqa: E731
+    clips = lambda: sorted(int(p.stem) for p in (store / "clips/d").iterdir())
     while [r["id"] for r in h.rows()] != [7, 8, 9, 10] or clips() != [7, 8, 9, 10]:  # rows commit, then files go
         assert time.monotonic() < deadline, (h.rows(), clips())
         time.sleep(0.05)
