@@ -37,6 +37,7 @@ QUICK_ARGS = {
     "classify": ["--windows", "128", "--seconds", "1"],
     "birdnet": ["--windows", "8", "--streams", "2", "--seconds", "6"],
     "mqtt": ["--seconds", "5", "--warmup", "2"],
+    "events": ["--seconds", "5", "--events", "60"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
