@@ -47,6 +47,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--loop", action="store_true", help="files/synth/url: start over at the end (new epoch)")
     p.add_argument("--wait-subscriber", type=float_in(0, 86400, "s"), default=10.0, metavar="SECONDS",
                    help="files/pipes/urls/synth: wait this long for a first subscriber (default 10; 0: don't wait)")
+    p.add_argument("--subscribers", type=int_in(1, 1000), default=1, metavar="N",
+                   help="files/pipes/urls/synth: wait for N subscribers (e.g. two converters at different rates) "
+                   "before starting, up to --wait-subscriber seconds (default 1)")
     p.add_argument("--format", choices=("s16", "s32", "f32"), help="devices/synth/url: sample format (default s16)")
     p.add_argument("--rate", type=int_in(1, MAX_RATE_HZ), metavar="HZ",
                    help="devices/synth/url: sample rate (default: device's default rate, 16000 for synth, "
@@ -115,7 +118,7 @@ def run_capture(args: argparse.Namespace) -> int:
         sockopts.nodrop = True
     return run(sources, outputs, sockopts, stage_metrics(args, "capture"), chunk_ms=opts.chunk_ms,
                wait_subscriber_s=args.wait_subscriber, heartbeat_s=args.heartbeat, watchdog_s=opts.watchdog_s,
-               health_file=args.health_file, stop=stop)
+               health_file=args.health_file, stop=stop, subscribers=args.subscribers)
 
 
 def run_devices(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ messages as one burst. There is no thread, queue or lock per source.
 
 The logic also
 
-- opens the gate for non-live sources (files, pipes, URLs, synth) once the first subscriber
-  arrives or ``--wait-subscriber`` seconds pass, so nothing is published into the void;
+- opens the gate for non-live sources (files, pipes, URLs, synth) once ``--subscribers``
+  subscribers (default 1) have joined or ``--wait-subscriber`` seconds pass, so nothing is
+  published into the void and no converter misses the start;
 - publishes a heartbeat per stream every ``heartbeat_s`` (``hb/`` topic: the stream's
   epoch, next seq and offset, and state), so consumers can tell "alive but silent" from "dead";
 - logs "stream X: no audio for N s" when a running source stops delivering (watchdog);
@@ -145,7 +146,7 @@ class CaptureLogic:
         out: list[bytes] = []
         if self.gated and (self.has_subscriber() or now.mono >= self.gate_deadline or self.wait_subscriber_s <= 0):
             if not self.has_subscriber() and self.wait_subscriber_s > 0:
-                log.warning("no subscriber after %gs; publishing anyway", self.wait_subscriber_s)
+                log.warning("not every subscriber joined after %gs; publishing anyway", self.wait_subscriber_s)
             for src in self.gated:
                 out += self._start(src, now)
             self.gated = []
@@ -218,7 +219,7 @@ class CaptureLogic:
 
 def run(sources: Sequence[Source], outputs: Sequence[str], sockopts: SocketOptions, metrics: StageMetrics,
         chunk_ms: float, wait_subscriber_s: float = 10.0, heartbeat_s: float = 1.0, watchdog_s: float = 5.0,
-        health_file=None, stop: StopFlag | None = None) -> int:
+        health_file=None, stop: StopFlag | None = None, subscribers: int = 1) -> int:
     """Run prepared sources and publish their chunks until they end or a signal stops it. Exit code."""
     stop = stop if stop is not None else StopFlag()
     sockopts.linger_ms = END_LINGER_MS  # let the last chunks leave at exit
@@ -226,7 +227,7 @@ def run(sources: Sequence[Source], outputs: Sequence[str], sockopts: SocketOptio
         queue = SourceQueue(rt.poller)
         rt.adopt(queue)
         outbox = rt.outbox(outputs, sockopts)
-        logic = CaptureLogic(sources, queue.loop, metrics, stop, chunk_ms, lambda: bool(outbox.subscriptions),
+        logic = CaptureLogic(sources, queue.loop, metrics, stop, chunk_ms, lambda: outbox.joined >= subscribers,
                              wait_subscriber_s, heartbeat_s, watchdog_s)
         log.info("ready: %s -> %s", ", ".join(f"{s.stream}={s.description}" for s in sources), ", ".join(outputs))
         try:

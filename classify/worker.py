@@ -286,7 +286,7 @@ class ClassifyLogic:
                 ends.append(slot.windows.pad_to_window())
                 part.append(slot)
                 wins.append(slot.windows.take())
-            elif (slot.events.n_active or slot.pending_events or slot.lost) and slot.last_anchor is not None:
+            elif slot.last_anchor is not None:  # ended on a window boundary: still say so
                 self._publish_stops(slot, now)
                 made += 1
         made += self._run(part, wins, now, ends) if part else 0
@@ -298,8 +298,8 @@ class ClassifyLogic:
         return made
 
     def _publish_stops(self, slot: StreamSlot, now: Now) -> None:
-        """The stream ended exactly on a window boundary with labels still on (or audio lost):
-        one result with no labels whose events stop them where the audio ended."""
+        """The stream ended exactly on a window boundary: one final result with no labels, whose
+        events stop what is still on where the audio ended (consumers learn the stream ended)."""
         a = slot.last_anchor
         end_ns = a.t_capture_ns + a.frames * 1_000_000_000 // self.spec.rate
         win = Window(np.zeros((self.spec.channels, 0), np.float32), slot.windows.next_index, end_ns, end_ns,

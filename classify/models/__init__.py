@@ -25,6 +25,15 @@ BUILTIN: dict[str, str] = {
 }
 # built-in models whose factory takes an options string: ``NAME:OPTIONS``
 WITH_OPTIONS = {"birdnet"}
+# The sample rate (Hz, mono) each built-in model takes, known without loading it: ``soundbus up``
+# runs one converter per rate its models need. A user's MODULE:FACTORY model is assumed 16 kHz.
+INPUT_RATE: dict[str, int] = {"vad": 16_000, "vad-onnx": 16_000, "yamnet": 16_000, "level": 16_000,
+                              "wakeword": 16_000, "birdnet": 48_000}
+
+
+def input_rate(name: str) -> int:
+    """The rate model ``name`` (``NAME[:OPTIONS]`` or ``MODULE:FACTORY``) takes, without loading it."""
+    return INPUT_RATE.get(name.partition(":")[0], 16_000)
 
 
 class UnknownModel(ValueError):

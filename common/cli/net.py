@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-from common.cli.main import add_stage_options, float_in, socket_options, stage_metrics, verbosity
+from common.cli.main import add_stage_options, socket_options, stage_metrics, verbosity
 from common.errors import UserError
 from common.runtime.stage import StopFlag, setup_logging
 from common.transport.sockets import DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, check_endpoint
@@ -50,17 +48,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     k.add_argument("name", metavar="NAME", help="key name, e.g. capture-box1 or inference")
     k.set_defaults(func=_keys)
 
+    from common.cli.health import add_arguments, check
+
     h = sub.add_parser(
         "health",
         help="exit 0 if a stage's --health-file says it is healthy and is fresh, 1 otherwise",
         description="Read the file a stage writes with --health-file (about once a second) and exit 0 when it is "
         "fresh and healthy (input connected, messages flowing), 1 otherwise; for container health checks.",
     )
-    h.add_argument("path", type=Path, metavar="PATH", help="the stage's --health-file")
-    h.add_argument("--max-age", type=float_in(0.5, 3600, "s"), default=10.0, metavar="S",
-                   help="the file must have been written within S seconds (default 10)")
-    h.add_argument("-q", "--quiet", action="store_true", help="print nothing")
-    h.set_defaults(func=_health)
+    add_arguments(h)
+    h.set_defaults(func=check)
 
 
 def _proxy(args: argparse.Namespace) -> int:
@@ -90,33 +87,6 @@ def _keys(args: argparse.Namespace) -> int:
         f"to, then restart that stage (allow lists are read at start)"
     )
     return 0
-
-
-def _health(args: argparse.Namespace) -> int:
-    """0 when the health file is fresh and says ok; 1 (with the reason) otherwise."""
-    try:
-        text = args.path.read_text()
-        status = json.loads(text)
-        age = time.time() - float(status["t"])
-        ok = bool(status["ok"])
-    except FileNotFoundError:
-        why = f"{args.path} does not exist (is the stage running with --health-file {args.path}?)"
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        why = f"{args.path} is not a health file ({e})"
-    else:
-        if age > args.max_age:
-            why = f"stale: written {age:.0f} s ago (the stage is stuck or gone)"
-        elif not ok:
-            why = ("input not connected" if not status.get("input_connected", True)
-                   else f"no input for {status.get('seconds_since_input', '?')} s")
-        else:
-            if not args.quiet:
-                print(f"healthy: {status.get('stage', '?')} in={status.get('messages_in')} "
-                      f"out={status.get('messages_out')}")
-            return 0
-    if not args.quiet:
-        print(f"unhealthy: {why}", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":  # python -m common.cli.net proxy|keys|health ... (no other package needed)

@@ -42,11 +42,15 @@ class Outbox:
         endpoints = list(endpoints)
         self.metrics = metrics
         self.socket = open_socket(ctx, zmq.XPUB, endpoints, opts, default_bind=True)
+        # Every subscriber's subscriptions are passed up, not only new topics: ``joined`` counts them,
+        # so a source can wait for N subscribers (two converters of one capture, say).
+        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
         connects = [addr for bind, addr in (split_endpoint(e, True) for e in endpoints) if not bind]
         self.links = LinkWatch(self.socket, "output", connects, metrics, curve=opts.curve is not None)
         self.nodrop = opts.nodrop
         self.linger_ms = opts.linger_ms
         self.subscriptions: set[bytes] = set()
+        self.joined = 0  # subscribe notices seen (with XPUB_VERBOSE: one per subscriber and topic)
         self.sent = 0
         self.refused = 0  # sends refused by a full queue (nodrop only)
         if poller is not None:
@@ -64,6 +68,7 @@ class Outbox:
                 continue
             topic = note[1:]
             if note[0] == 1:
+                self.joined += 1
                 if not self.subscriptions:
                     log.info("subscriber joined (%r)", topic.decode(errors="replace"))
                 if len(self.subscriptions) < MAX_SUBSCRIPTIONS:

@@ -284,3 +284,13 @@ def test_batch_wait_deadline_and_live_streams():
     assert not w.batch_due(b.last_rx + 0.049) and w.first_ready is not None  # in phase again: waits
     b.windows.push(np.zeros((1, 800), np.float32), T0, 1, 0, [])
     assert w.batch_due(b.last_rx + 0.0491)  # b complete: nothing missing, due at once
+
+
+def test_a_stream_ending_on_a_boundary_with_nothing_on_still_gets_a_final_result(audio):
+    """Consumers (tail, MQTT, the event store) learn from a final result that a stream ended."""
+    h = Harness("level")
+    x = np.zeros(1600 * 3, np.float32)
+    msgs = [tensor("a", i, i * 1600, x[i * 1600 : (i + 1) * 1600], Flag.END if i == 2 else 0) for i in range(3)]
+    out = [decode(b) for b in h.logic.handle(msgs, Now(100.0, T0))]
+    assert len(out) == 4 and out[-1].final and out[-1].flags & Flag.END and not out[-1].labels
+    assert not any(r.final for r in out[:-1])
