@@ -34,9 +34,9 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from classify.models.base import Model, ModelSpec, StreamState
 from classify.models.oww_graphs import (
@@ -48,12 +48,16 @@ from classify.models.oww_graphs import (
     streaming_embedding,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 RATE = 16_000
 CHUNK = 1280  # samples (80 ms): openWakeWord's step
 MEL_CONTEXT = 480  # samples of the previous chunk its mel step recomputes (3 hops of 160)
 FIRST_FRAMES = 5  # mel frames of a stream's first chunk (1280 samples alone)
 WARMUP = 5  # windows whose scores openWakeWord reports as 0
 INIT_SEED = 0
+# Importable without torch or onnxruntime (the Wyoming server lists them): both load only in Wakeword().
 WAKEWORDS = ("alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "weather")  # "timer" is multi-class: left out
 
 
