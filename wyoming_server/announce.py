@@ -56,14 +56,15 @@ class Announcement:
         self._info = AsyncServiceInfo(SERVICE_TYPE, f"{self.name}.{SERVICE_TYPE}", port=self.port,
                                       parsed_addresses=[self.address], properties={})
         self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
-        await self._zc.async_register_service(self._info)
+        # python-zeroconf returns a task: awaiting the call schedules it, awaiting the task finishes it
+        await (await self._zc.async_register_service(self._info))
         log.info("announced %s on %s:%d over mDNS (%s)", self.name, self.address, self.port, SERVICE_TYPE)
 
     async def close(self) -> None:
         if self._zc is None:
             return
         try:
-            await self._zc.async_unregister_service(self._info)
+            await (await self._zc.async_unregister_service(self._info))  # the goodbye packets go out
         finally:
             await self._zc.async_close()
             self._zc = None

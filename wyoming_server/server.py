@@ -95,7 +95,7 @@ class WakeServer:
         if h is not None:
             h.on_result(result)
         else:
-            self.metrics.drop("result_without_connection")
+            self.metrics.event("result_after_close")  # its connection left (e.g. after a detection)
 
     def _info(self) -> Info:
         served = self.cfg.session.served
