@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common.process import ChildProcess
+from common.cli.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -167,7 +167,7 @@ def fmt(x: float, digits: int = 3) -> str:
 # real processes
 
 class Proc(ChildProcess):
-    """A child process (common.process.ChildProcess) started from the repository root."""
+    """A child process (common.cli.process.ChildProcess) started from the repository root."""
 
     def __init__(self, argv: list[str], stdin: int | None = subprocess.DEVNULL, env: dict[str, str] | None = None) -> None:
         super().__init__(argv, env=env, cwd=ROOT, stdin=stdin)
