@@ -41,7 +41,11 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
             "other machines) score all connections together, and each connection gets its own answers."
         ),
     )
-    add_stage_options(p, inputs=DEFAULT_RESULT, outputs=DEFAULT_RAW)
+    add_stage_options(p, inputs=None, outputs=DEFAULT_RAW)  # our bound is --max-clients, not --max-streams
+    p.add_argument("--input", action="append", metavar="ADDR",
+                   help=f"where the wakeword worker publishes results; repeat for several (default {DEFAULT_RESULT}; "
+                   "'@ADDR' binds instead)")
+    p.set_defaults(default_inputs=[DEFAULT_RESULT])
     p.add_argument("--uri", default=DEFAULT_URI,
                    help=f"where Wyoming clients connect: tcp://HOST:PORT or unix://PATH (default {DEFAULT_URI}; "
                    "tcp://0.0.0.0:10400 for Home Assistant on another machine)")

@@ -122,6 +122,7 @@ class WakeHandler(AsyncEventHandler):
         self.session: WakeSession | None = None
         self.replies: asyncio.Queue[Event | None] = asyncio.Queue(MAX_REPLIES)
         self.answered = asyncio.Event()
+        self.last_event = 0.0  # loop time of the newest event from the client
 
     # -- the connection's life -------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class WakeHandler(AsyncEventHandler):
         self._is_running = True
         self.slot = srv.slots.take()
         writer_task = asyncio.create_task(self._write_replies())
+        watchdog = asyncio.create_task(self._watch_idle()) if srv.cfg.idle_timeout_s > 0 else None
         try:
             if self.slot is None:
                 srv.metrics.drop("too_many_clients")
@@ -150,6 +152,8 @@ class WakeHandler(AsyncEventHandler):
             srv.metrics.event("handler_error")
             log.exception("client %s: unexpected error; closing its connection", self.peer)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             await self._end()
             await self._finish_replies(writer_task)
             self.writer.close()
@@ -166,14 +170,11 @@ class WakeHandler(AsyncEventHandler):
             writer_task.cancel()
 
     async def _read_events(self) -> None:
-        idle = self.server.cfg.idle_timeout_s or None
+        loop = asyncio.get_running_loop()
         while self._is_running:
+            self.last_event = loop.time()
             try:
-                event = await asyncio.wait_for(read_event(self.reader), idle)
-            except asyncio.TimeoutError:
-                self.server.metrics.event("idle_timeout")
-                log.info("client %s sent nothing for %g s, closing", self.peer, idle)
-                return
+                event = await read_event(self.reader)
             except BadEvent as e:
                 self._refuse(e.reason, str(e))
                 return
@@ -186,12 +187,29 @@ class WakeHandler(AsyncEventHandler):
                 self._refuse("bad_audio", f"{event.type}: {e}")
                 return
 
+    async def _watch_idle(self) -> None:
+        """End a connection that sends nothing for ``idle_timeout_s`` (a client gone without a FIN)."""
+        idle = self.server.cfg.idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(idle, 1.0))
+            if loop.time() - self.last_event > idle and not self.answered_pending():
+                self.server.metrics.event("idle_timeout")
+                log.info("client %s sent nothing for %g s, closing", self.peer, idle)
+                self._is_running = False
+                self.reader.feed_eof()
+                return
+
+    def answered_pending(self) -> bool:
+        """Waiting for our own answer after audio-stop: the client is quiet because of us."""
+        return self.session is not None and self.session.stopping and not self.session.done
+
     async def _end(self) -> None:
         """Publish the stream's END (if it was streaming) and give the slot back."""
         srv = self.server
         if self.session is not None:
             try:
-                await srv.bus.send(self.session.close(time.time_ns()))
+                await self._publish(self.session.close(time.time_ns()))
             finally:
                 srv.handlers.pop(self.session.stream, None)
         if self.slot is not None:
@@ -209,9 +227,9 @@ class WakeHandler(AsyncEventHandler):
     async def handle_event(self, event: Event) -> bool:
         s, now = self.session, time.time_ns()
         if AudioChunk.is_type(event.type):
-            await self.server.bus.send(s.chunk(audio_format(event.data), event.payload or b"", now,
-                                               event.data.get("timestamp")))
             self.server.metrics.frame_in(s.stream)
+            await self._publish(s.chunk(audio_format(event.data), event.payload or b"", now,
+                                        event.data.get("timestamp")))
         elif Detect.is_type(event.type):
             try:
                 names = check_names(event.data.get("names"))
@@ -226,11 +244,11 @@ class WakeHandler(AsyncEventHandler):
                                        f"{', '.join(wanted.unknown)[:200]}", code="unknown-wake-word").event())
                 return False
         elif AudioStart.is_type(event.type):
-            await self.server.bus.send(s.start(audio_format(event.data), now, event.data.get("timestamp")))
+            await self._publish(s.start(audio_format(event.data), now, event.data.get("timestamp")))
             self.answered.clear()
         elif AudioStop.is_type(event.type):
             messages, replies = s.stop(now)
-            await self.server.bus.send(messages)
+            await self._publish(messages)
             for ev in replies:
                 self._reply(ev)
             await self._await_answer()
@@ -241,6 +259,11 @@ class WakeHandler(AsyncEventHandler):
         else:
             self.server.metrics.event("ignored_event")
         return True
+
+    async def _publish(self, messages: list[bytes]) -> None:
+        if messages:
+            await self.server.bus.send(messages)
+            self.server.metrics.frame_out(self.session.stream, len(messages))
 
     async def _await_answer(self) -> None:
         """After audio-stop: until the epoch's last result has been seen (not-detected sent if

@@ -81,3 +81,32 @@ def test_a_port_in_use_is_refused_clearly():
         port = s.getsockname()[1]
         r = run_cli("--uri", f"tcp://127.0.0.1:{port}", "--output", f"@tcp://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "cannot listen on" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_connections_are_bounded_in_number_and_in_silence(stages):
+    """--max-clients 1: a second client gets a Wyoming error (busy) and is closed; --idle-timeout 1:
+    a client that sends nothing more is closed, and its slot serves the next client."""
+    from wyoming.event import async_read_event
+
+    port = free_port()
+    server = Stage("wyoming_server", "--uri", f"tcp://127.0.0.1:{port}", "--max-clients", "1", "--idle-timeout", "1",
+                   "--output", f"@tcp://127.0.0.1:{free_port()}", "--input", f"tcp://127.0.0.1:{free_port()}")
+    stages.append(server)
+    server.wait_for(r"ready uri=", 60)
+
+    async def scenario():
+        first_r, first_w = await asyncio.open_connection("127.0.0.1", port)
+        first_w.write(b'{"type": "describe"}\n')
+        assert (await asyncio.wait_for(async_read_event(first_r), 10)).type == "info"
+        second_r, second_w = await asyncio.open_connection("127.0.0.1", port)
+        busy = await asyncio.wait_for(async_read_event(second_r), 10)
+        assert busy.type == "error" and busy.data["code"] == "busy"
+        assert await asyncio.wait_for(async_read_event(second_r), 10) is None  # closed
+        assert await asyncio.wait_for(async_read_event(first_r), 15) is None  # silent: closed after ~1 s
+        third_r, third_w = await asyncio.open_connection("127.0.0.1", port)  # the slot is free again
+        third_w.write(b'{"type": "describe"}\n')
+        assert (await asyncio.wait_for(async_read_event(third_r), 10)).type == "info"
+        for w in (first_w, second_w, third_w):
+            w.close()
+
+    asyncio.run(scenario())
