@@ -105,8 +105,18 @@ def _check_uri(uri: str) -> tuple[str, int | None]:
     raise UserError(f"--uri {uri!r}: use tcp://HOST:PORT or unix://PATH.")
 
 
+def _require(module: str, why: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise UserError(f"{why} needs the package {module}: pip install 'soundbus[wyoming]'.") from None
+
+
 def _main(args: argparse.Namespace) -> int:
     setup_logging(verbosity(args))
+    _require("wyoming", "soundbus wyoming")
+    if args.zeroconf is not None:
+        _require("zeroconf", "--zeroconf")
     from wyoming_server.session import SessionConfig
     from wyoming_server.server import ServerConfig
 

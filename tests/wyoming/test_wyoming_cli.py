@@ -110,3 +110,11 @@ def test_connections_are_bounded_in_number_and_in_silence(stages):
             w.close()
 
     asyncio.run(scenario())
+
+
+def test_without_the_wyoming_package_it_says_what_to_install(tmp_path):
+    (tmp_path / "wyoming").mkdir()
+    (tmp_path / "wyoming" / "__init__.py").write_text('raise ImportError("blocked by the test")\n')
+    r = subprocess.run([sys.executable, "-m", "wyoming_server"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2 and "pip install 'soundbus[wyoming]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
