@@ -156,14 +156,16 @@ async def drive(port: int, name: str, word: np.ndarray, clients: int, warmup: fl
     tasks = [asyncio.create_task(satellite(port, name, word, 1000 + k, until, tally, count_from))
              for k in range(clients)]
     await asyncio.sleep(warmup)
-    cpu0, t0 = sum(bl.proc_cpu_s(p.pid) for p in procs), time.monotonic()
+    cpu0, t0 = [bl.proc_cpu_s(p.pid) for p in procs], time.monotonic()
     await asyncio.sleep(max(0.0, until - time.monotonic()))
-    cpu1, t1 = sum(bl.proc_cpu_s(p.pid) for p in procs), time.monotonic()
+    cpu1, t1 = [bl.proc_cpu_s(p.pid) for p in procs], time.monotonic()
     await asyncio.gather(*tasks)
     lat = bl.percentiles(tally.latencies_ms)
+    used = sum(cpu1) - sum(cpu0)
     return {
-        "cpu_pct_per_satellite": (cpu1 - cpu0) / (clients * (t1 - t0)) * 100,
-        "cpu_pct_total": (cpu1 - cpu0) / (t1 - t0) * 100,
+        "cpu_pct_per_satellite": used / (clients * (t1 - t0)) * 100,
+        "cpu_pct_total": used / (t1 - t0) * 100,
+        "cpu_pct_by_process": {p.argv[2]: (b - a) / (t1 - t0) * 100 for p, a, b in zip(procs, cpu0, cpu1)},
         "latency_p50_ms": lat["p50"],
         "latency_p99_ms": lat["p99"],
         "rounds": tally.rounds,

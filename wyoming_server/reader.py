@@ -11,10 +11,10 @@ server can count them and end that connection only.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from wyoming.event import Event
 
 MAX_HEADER_BYTES = 64 * 1024  # also the StreamReader's line limit (asyncio's default)
@@ -49,8 +49,8 @@ async def read_event(reader: asyncio.StreamReader, limits: Limits = Limits()) ->
     if len(line) > limits.header:
         raise BadEvent("header_too_long", f"header line of {len(line)} bytes > {limits.header}")
     try:
-        head = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        head = _json(line)
+    except msgspec.DecodeError as e:
         raise BadEvent("bad_json", f"header is not JSON ({str(e)[:80]})") from None
     if not isinstance(head, dict):
         raise BadEvent("bad_header", "header is not a JSON object")
@@ -64,16 +64,19 @@ async def read_event(reader: asyncio.StreamReader, limits: Limits = Limits()) ->
     payload_length = _length(head, "payload_length", limits.payload)
     try:
         if data_length:
-            extra = json.loads(await reader.readexactly(data_length))
+            extra = _json(await reader.readexactly(data_length))
             if not isinstance(extra, dict):
                 raise BadEvent("bad_data", "data is not a JSON object")
             data.update(extra)
         payload = await reader.readexactly(payload_length) if payload_length else None
     except asyncio.IncompleteReadError:
         return None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except msgspec.DecodeError as e:
         raise BadEvent("bad_json", f"data is not JSON ({str(e)[:80]})") from None
     return Event(type=etype, data=data, payload=payload)
+
+
+_json = msgspec.json.Decoder().decode  # any JSON value; ~3x faster than json.loads (two per audio chunk)
 
 
 def _length(head: dict[str, Any], key: str, limit: int) -> int:

@@ -234,7 +234,8 @@ class WakeHandler(AsyncEventHandler):
             try:
                 names = check_names(event.data.get("names"))
             except ValueError as e:
-                raise BadAudio(str(e)) from None
+                self._refuse("bad_names", f"detect: {e}")
+                return False
             wanted = s.detect(names)
             if wanted.unknown:
                 self.server.warn.warning("unknown_name", f"client {self.peer} asked for wake words this server "

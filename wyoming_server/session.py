@@ -63,8 +63,21 @@ class SessionConfig:
 
 
 def audio_format(data: dict) -> StreamFormat:
-    """rate/width/channels of an audio-start or audio-chunk, checked."""
-    rate, width, channels = data.get("rate"), data.get("width"), data.get("channels")
+    """rate/width/channels of an audio-start or audio-chunk, checked (the same object for the same
+    format, so a stream's chunks compare by identity)."""
+    key = (data.get("rate"), data.get("width"), data.get("channels"))
+    fmt = _FORMATS.get(key) if all(type(v) is int for v in key) else None
+    if fmt is None:
+        fmt = _check_format(*key)
+        if len(_FORMATS) < 64:
+            _FORMATS[key] = fmt
+    return fmt
+
+
+_FORMATS: dict[tuple, StreamFormat] = {}  # formats seen (bounded)
+
+
+def _check_format(rate: object, width: object, channels: object) -> StreamFormat:
     if type(rate) is not int or not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
         raise BadAudio(f"rate must be a whole number of {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz")
     if width not in FORMAT_OF_WIDTH or type(width) is not int:
@@ -86,6 +99,8 @@ class WakeSession:
         self.stream, self.cfg, self.source = stream, cfg, source[:256]
         self.wanted: Wanted = resolve(None, cfg.served)
         self.framer: StreamFramer | None = None
+        self.fmt: StreamFormat | None = None  # of the current epoch
+        self.bpf = 0  # its bytes per sample frame
         self.clock: ArrivalClock | None = None
         self.epoch = 0
         self.streaming = False  # between audio-start and audio-stop (or the connection's end)
@@ -111,6 +126,7 @@ class WakeSession:
         if self.framer is None:
             self.framer = StreamFramer(self.stream, fmt, self.cfg.frame_ms, self.source)
         self.epoch = self.framer.new_epoch(fmt)
+        self.fmt, self.bpf = fmt, fmt.bytes_per_sample_frame
         self.clock = ArrivalClock(fmt.rate)
         self.streaming, self.stopping, self.done, self.detected = True, False, False, False
         self.samples = 0
@@ -121,14 +137,14 @@ class WakeSession:
 
     def chunk(self, fmt: StreamFormat, audio: bytes, now_ns: int, timestamp: object = None) -> list[bytes]:
         """audio-chunk: raw messages for every frame it completes (maybe none)."""
-        bpf = fmt.bytes_per_sample_frame
+        bpf = self.bpf if fmt is self.fmt else fmt.bytes_per_sample_frame
         if len(audio) % bpf:
             raise BadAudio(f"payload of {len(audio)} bytes is not a whole number of {bpf}-byte samples")
         n = len(audio) // bpf
         if n > fmt.rate * MAX_CHUNK_S:
             raise BadAudio(f"a chunk of {n} samples at {fmt.rate} Hz is over {MAX_CHUNK_S} s")
         out: list[bytes] = []
-        if not self.streaming or fmt != self.framer.fmt:  # no audio-start, or the format changed
+        if not self.streaming or fmt != self.fmt:  # no audio-start, or the format changed
             out += self.start(fmt, now_ns)
         if self.base_ms is None and self.samples == 0:
             self.base_ms = _ms(timestamp)
