@@ -23,7 +23,7 @@ Measured over ``--seconds`` after ``--warmup``:
 Goal (issue 18): at 32 clients, soundbus uses less than half the peer's CPU per satellite,
 with a p99 latency no worse.
 
-    .venv/bin/python bench/bench_wyoming.py [--clients 1,8,32] [--seconds 60] [--json]
+    .venv/bin/python bench/bench_wyoming.py [--clients 1,8,32] [--seconds 40] [--json]
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def measure(server: str, clients: int, word: np.ndarray, warmup: float, seconds:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="1,8,32", help="client counts, comma-separated (default 1,8,32)")
-    ap.add_argument("--seconds", type=float, default=60.0, help="measured seconds per server and count (default 60)")
+    ap.add_argument("--seconds", type=float, default=40.0, help="measured seconds per server and count (default 40)")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring (default 5)")
     ap.add_argument("--servers", default="peer,soundbus", help="which servers (default peer,soundbus)")
     ap.add_argument("--json", action="store_true")
