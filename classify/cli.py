@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--model",
         default="vad",
         metavar="NAME",
-        help=f"model to run: {', '.join(known_models())}, or MODULE:FACTORY for your own (default vad)",
+        help=f"model to run: {', '.join(known_models())}, or MODULE:FACTORY for your own (default vad); "
+        "birdnet takes options: birdnet:overlap=1.5,min_conf=0.25,... (docs/classify.md)",
     )
     p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N", help="take streams of shard I of N")
     p.add_argument(
@@ -90,7 +91,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_classify(args: argparse.Namespace) -> int:
     from classify.events import parse_threshold
-    from classify.models import UnknownModel, known_models, load_model
+    from classify.models import ModelOptionError, UnknownModel, known_models, load_model
     from common.runtime.stage import StopFlag, setup_logging
 
     try:
@@ -108,6 +109,8 @@ def run_classify(args: argparse.Namespace) -> int:
     stop = StopFlag()
     try:
         model = load_model(args.model)
+    except ModelOptionError as e:
+        raise UserError(f"{e}.") from None
     except UnknownModel as e:
         raise UserError(f"{e}; known models: {', '.join(known_models())} (or MODULE:FACTORY for your own "
                         "model).") from None

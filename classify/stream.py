@@ -76,7 +76,7 @@ class StreamSlot:
             gap = max(h.offset - w.next_index, 0) if cont is not Continuity.NEW_EPOCH else 0
             if cont is Continuity.GAP:
                 gap = max(gap, missing * self.last_samples)
-            if cont in (Continuity.NEW_EPOCH, Continuity.GAP, Continuity.RESTART) or h.flags & _DISC or gap:
+            if cont in (Continuity.NEW_EPOCH, Continuity.GAP, Continuity.RESTART) or h.flags & _DISC or gap or h.lost:
                 serve_now(self)
                 if cont is Continuity.NEW_EPOCH:
                     self.epoch, self.result_seq = h.epoch, 0
@@ -95,8 +95,12 @@ class StreamSlot:
         return dropped
 
     def restart(self, offset: int, t_ns: int) -> None:
-        """Forget audio and model state; labels that are on stop at ``t_ns``."""
-        self.windows.reset(offset)
+        """Forget audio and model state; labels that are on stop at ``t_ns``. Buffered samples no
+        window covered (a partial window: its rest never came) count as lost."""
+        w = self.windows
+        self.lost += max(0, w.buffered - (w.window - w.hop)) if self.result_seq or w.buffered >= w.window \
+            else w.buffered
+        w.reset(offset)
         self.next_flags |= _DISC
         if self.state is not None:
             self.state.reset()

@@ -36,9 +36,10 @@ from common.observe.metrics import StageMetrics
 from common.observe.ratelog import RateLimitedLog
 from common.runtime.stage import Now, Runtime, StopFlag
 from common.runtime.streams import DEFAULT_MAX_STREAMS, StreamTable
+from common.transport.inbox import MAX_BATCH
 from common.transport.sockets import SocketOptions
 from common.wire.codec import Audio, encode
-from common.wire.messages import MAX_TRACE_HOPS, Flag, Hop, Label, Level, Result
+from common.wire.messages import I64_MAX, MAX_TRACE_HOPS, Flag, Hop, Label, Level, Result
 from common.wire.topics import Kind, shard_prefixes
 
 log = logging.getLogger("classify")
@@ -83,12 +84,16 @@ class ClassifyLogic:
         self.model_cpu_s = 0.0
         self._out: list[bytes] = []
         self._next_idle_check = 0.0
+        self._backlog = False
 
     # ---- the batch -------------------------------------------------------------------
 
     def handle(self, batch: list[Audio], now: Now) -> list[bytes]:
         for msg in batch:
             self._accept(msg, now)
+        # A full batch means more is queued: a stream that looks idle may only be waiting in the
+        # queue behind others, so nobody is flushed as idle until the input is drained.
+        self._backlog = len(batch) >= MAX_BATCH
         return self.tick(now)
 
     def _accept(self, msg: Audio, now: Now) -> None:
@@ -161,7 +166,7 @@ class ClassifyLogic:
 
     def tick(self, now: Now) -> list[bytes]:
         self.shed_stale(now.wall_ns)
-        if now.mono >= self._next_idle_check:
+        if now.mono >= self._next_idle_check and not self._backlog:
             self._next_idle_check = now.mono + 1.0
             self.flush_idle(now.mono)
         if self.batch_due(now.mono):
@@ -326,7 +331,7 @@ class ClassifyLogic:
             stream=slot.stream, model=spec.name, epoch=slot.epoch, seq=slot.result_seq,
             start_ns=win.start_ns, end_ns=win.end_ns if final_end_ns is None else final_end_ns,
             offset=win.offset, rate=spec.rate, seq_first=win.seq_first, seq_last=win.seq_last,
-            labels=labels, events=events, flags=flags, lost_ns=slot.lost * 1_000_000_000 // spec.rate,
+            labels=labels, events=events, flags=flags, lost_ns=min(slot.lost * 1_000_000_000 // spec.rate, I64_MAX),
             level=_level(extra), final=final_end_ns is not None,
             trace=win.last.trace[-(MAX_TRACE_HOPS - 1):] + [Hop(STAGE, hop_in, time.time_ns())],
         )

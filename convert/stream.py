@@ -78,6 +78,7 @@ class OutChunk:
     t_capture_ns: int
     flags: int
     lost: int  # output samples missing just before this chunk
+    epoch: int
 
 
 class ChunkBuffer:
@@ -214,6 +215,7 @@ class StreamConverter:
             return
         if cont is Continuity.NEW_EPOCH:
             clean = self.ended and h.seq == 0 and h.offset == 0  # the old epoch ended properly
+            self.metrics.event("epoch_change")
             if not self.ended:
                 out += self.flush(_END)
             self.epoch, self.seq = h.epoch, 0
@@ -364,7 +366,7 @@ class StreamConverter:
                     else:
                         keep.append(mark)
                 self.pending = keep
-            out.append(OutChunk(b, self.seq, off, t, flags, lost))
+            out.append(OutChunk(b, self.seq, off, t, flags, lost, self.epoch))
             self.seq += 1
             self.produced += b.shape[1]
         return out

@@ -28,10 +28,10 @@ from common.runtime.stage import Now, Runtime, StopFlag
 from common.runtime.streams import DEFAULT_MAX_STREAMS, StreamTable
 from common.transport.sockets import SocketOptions
 from common.wire.codec import Audio, encode_audio
-from common.wire.messages import MAX_PAYLOAD_BYTES, MAX_TRACE_HOPS, AudioHeader, Hop, Layout, SampleFormat
+from common.wire.messages import I64_MAX, MAX_PAYLOAD_BYTES, MAX_TRACE_HOPS, AudioHeader, Hop, Layout, SampleFormat
 from common.wire.topics import Kind, shard_prefixes
 from convert.formats import FormatError
-from convert.resample import rate_supported
+from convert.resample import MAX_RATE_HZ, MAX_RATIO, MIN_RATE_HZ, rate_supported
 from convert.stream import ConvertConfig, OutChunk, StreamConverter
 
 log = logging.getLogger("convert")
@@ -98,7 +98,9 @@ class ConvertLogic:
         if ok is None:
             ok = self._rate_ok[h.rate] = rate_supported(h.rate, self.cfg.rate, self.cfg.quality)
         if not ok:
-            return "rate_unsupported", f"stream {h.stream}: {h.rate} Hz -> {self.cfg.rate} Hz"
+            return "rate_unsupported", (f"stream {h.stream}: {h.rate} Hz cannot be converted to {self.cfg.rate} Hz "
+                                        f"(convert takes {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz, at most {MAX_RATIO}x up or "
+                                        "down, and LD needs a short exact filter)")
         cmap = self.cfg.channels
         if cmap.mode == "select" and max(cmap.indices) >= h.channels:
             return "channel_select", f"stream {h.stream}: channel {max(cmap.indices)} selected, it has {h.channels}"
@@ -115,9 +117,9 @@ class ConvertLogic:
         trace = conv.trace[-(MAX_TRACE_HOPS - 1):] + [Hop(STAGE, t_in_ns, time.time_ns())]
         for c in chunks:
             h = AudioHeader(
-                stream=conv.stream, epoch=conv.epoch, seq=c.seq, t_capture_ns=c.t_capture_ns, rate=self.cfg.rate,
+                stream=conv.stream, epoch=c.epoch, seq=c.seq, t_capture_ns=c.t_capture_ns, rate=self.cfg.rate,
                 channels=c.samples.shape[0], format=SampleFormat.F32, layout=Layout.PLANAR,
-                samples=c.samples.shape[1], offset=c.offset, flags=c.flags, lost=c.lost, source=conv.source,
+                samples=c.samples.shape[1], offset=c.offset, flags=c.flags, lost=min(c.lost, I64_MAX), source=conv.source,
                 trace=trace,
             )
             out.append(encode_audio(Kind.TENSOR, h, memoryview(c.samples).cast("B")))

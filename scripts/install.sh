@@ -11,8 +11,12 @@ extras="[all]"
 # libportaudio2: PortAudio for sounddevice. pulseaudio*: loopback capture (and the CI's virtual sound card).
 # ffmpeg: network/URL sources. sox, espeak-ng, alsa-utils: test audio. iproute2: two-host test.
 # docker-compose: validates docker-compose.yml (no engine needed).
+# sound-theme-freedesktop (0.5 MB): real recordings (bell, alarm clock, shutter) for the small `soundbus eval` test.
+# mosquitto, mosquitto-clients, openssl: the MQTT bridge's tests run a real broker with TLS certificates.
+# tuxpaint-stamps-default: real bird recordings (GPL-2) for the birdnet tests (~160 MB; no dependencies).
 APT_PACKAGES="python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils alsa-utils
-  ffmpeg sox espeak-ng iproute2 procps docker-compose"
+  ffmpeg sox espeak-ng iproute2 procps docker-compose tuxpaint-stamps-default sound-theme-freedesktop
+  mosquitto mosquitto-clients openssl"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if command -v apt-get >/dev/null; then

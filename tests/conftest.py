@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from common.process import ChildProcess
-from common.protocol import Kind, Message, ProtocolError, decode, topic_for
+from common.cli.process import ChildProcess
+from common.wire import Kind, Message, ProtocolError, decode_parts, topic_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
@@ -83,11 +83,17 @@ class Collector:
                 self._take()
         return self.messages
 
-    def _take(self) -> None:
-        try:
-            self.messages.append(decode(self.sock.recv_multipart()))
-        except ProtocolError as e:
-            self.bad.append(e)
+    def _take(self, limit: int = 1000) -> None:
+        """Everything queued (up to ``limit``), so a predicate is checked per batch, not per message."""
+        for _ in range(limit):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.messages.append(decode_parts(parts))
+            except ProtocolError as e:
+                self.bad.append(e)
 
     def drain(self, quiet_s: float = 1.0, timeout: float = 30.0) -> list[Message]:
         """Receive until nothing arrives for ``quiet_s`` seconds."""
@@ -119,3 +125,17 @@ def collector(zctx):
     yield make
     for c in made:
         c.sock.close(0)
+
+
+class Tracker:
+    """Sequence accounting per stream, as every stage does it (a SeqCursor per stream)."""
+
+    def __init__(self) -> None:
+        from common.runtime.streams import SeqCursor
+
+        self._new = SeqCursor
+        self.cursors: dict[str, object] = {}
+
+    def check(self, stream: str, epoch: int, seq: int, discontinuity: bool = False):
+        cursor = self.cursors.setdefault(stream, self._new())
+        return cursor.check(epoch, seq, discontinuity)

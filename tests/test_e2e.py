@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.protocol import Flag, Kind
+from common.wire import Kind
 from tests.conftest import ALSA_SOUNDS, ROOT, start, tcp
 
 pytestmark = pytest.mark.slow
@@ -92,27 +92,28 @@ def test_speech_detected_in_its_time_span_silence_and_tone_not(procs, collector,
     assert not results.bad, results.bad
     by_stream: dict[str, list] = defaultdict(list)
     for m in msgs:
-        assert m.header.model == "vad" and m.header.kind == Kind.RESULT
-        by_stream[m.header.stream].append(m)
+        assert m.model == "vad" and m.kind == Kind.RESULT
+        by_stream[m.stream].append(m)
     assert set(by_stream) == set(wavs), f"results for {set(by_stream)}\nconvert:\n{convert.log()}"
 
     for name, (_, s0, s1) in wavs.items():
-        rs = sorted(by_stream[name], key=lambda m: m.result()["offset"])
+        rs = sorted(by_stream[name], key=lambda m: m.offset)
         # seq of results per (stream, epoch) is contiguous: nothing lost between classify and us
-        seqs = [m.header.seq for m in rs]
+        seqs = [m.seq for m in rs]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), name
+        assert not any(m.lost_ns for m in rs), name  # and nothing lost before it
         # the windows tile the whole file (16 kHz): no audio skipped
-        first, last = rs[0].result(), rs[-1].result()
-        covered_s = (last["offset"] + last.get("frames", rs[-1].header.frames)) / 16000
+        first, last = rs[0], rs[-1]
+        covered_s = last.offset / 16000 + (last.end_ns - last.start_ns) / 1e9
         duration = {"speech": LEAD_S + TRAIL_S + (s1 - s0), "tone": 3.0, "silence": 3.0}[name]
-        assert first["offset"] == 0 and covered_s >= duration - 0.2, (name, first["offset"], covered_s)
+        assert first.offset == 0 and covered_s >= duration - 0.2, (name, first.offset, covered_s)
+        assert last.final, name
         speech_windows = [
-            (r["offset"] / 16000, (r["offset"] + m.header.frames) / 16000)
+            (m.offset / 16000, m.offset / 16000 + (m.end_ns - m.start_ns) / 1e9)
             for m in rs
-            for r in [m.result()]
-            if dict(r["labels"]).get("speech", 0.0) > 0.5
+            if m.labels and m.labels[0].name == "speech" and m.labels[0].score > 0.5
         ]
-        starts = [e for m in rs for e in m.result()["events"] if e["state"] == "start"]
+        starts = [e for m in rs for e in m.events if e.state == "start"]
         if name == "speech":
             assert speech_windows, f"no window above 0.5 in {name}"
             # every speech window lies within the real speech (plus model context), and covers most of it
@@ -124,9 +125,9 @@ def test_speech_detected_in_its_time_span_silence_and_tone_not(procs, collector,
             assert not speech_windows, f"{name}: {speech_windows}"
             assert not starts, f"{name}: {starts}"
         # the per-hop trace shows the three stages in order
-        hops = [h.stage for h in rs[-1].header.trace]
+        hops = [h.stage for h in rs[-1].trace]
         assert hops == ["capture", "convert", "classify"], hops
-        for hop in rs[-1].header.trace:
+        for hop in rs[-1].trace:
             assert 0 <= hop.t_out_ns - hop.t_in_ns < 5_000_000_000, hop
 
 

@@ -8,9 +8,16 @@ import urllib.request
 
 import numpy as np
 
-from common.protocol import Header, Hop, Kind, encode
-from common.publisher import Publisher
+from common.observe.metrics import StageMetrics
+from common.transport.outbox import Outbox
+from common.transport.sockets import SocketOptions
+from common.wire import AudioHeader, Hop, Kind, Layout, SampleFormat, encode_audio
 from tests.conftest import free_port, start, tcp
+
+
+def raw(seq: int, t_ns: int, trace: list[Hop]) -> AudioHeader:
+    return AudioHeader(stream="m1", epoch=1, seq=seq, t_capture_ns=t_ns, rate=16000, channels=1,
+                       format=SampleFormat.S16, layout=Layout.INTERLEAVED, samples=320, offset=seq * 320, trace=trace)
 
 
 def _scrape(port: int) -> str:
@@ -29,23 +36,22 @@ def _value(text: str, name: str, **labels: str) -> float:
 
 
 def test_convert_serves_counts_and_latency(procs, zctx, collector) -> None:
-    raw, out, port = tcp(), tcp(), free_port()
-    conv = start(procs, "convert", "--input", raw, "--output", out, "--metrics-port", str(port))
+    raw_addr, out, port = tcp(), tcp(), free_port()
+    conv = start(procs, "convert", "--input", raw_addr, "--output", out, "--metrics-port", str(port))
     conv.wait_for(r"\bready\b")
     tensors = collector(out, Kind.TENSOR)
     conv.wait_for("subscriber joined")
-    pub = Publisher(zctx, ["@" + raw])
+    pub = Outbox(zctx, ["@" + raw_addr], SocketOptions(), StageMetrics("test"))
     try:
         assert pub.wait_for_subscriber(10)
         conv.wait_for("input connected")
         now = time.time_ns()
         x = np.zeros((320, 1), np.int16)  # 20 ms at 16 kHz
         for seq in [0, 1, 2, 3, 6, 7]:  # seq 4 and 5 never sent: a gap of 2
-            h = Header(Kind.RAW, "m1", 1, seq, now + seq * 20_000_000, 16000, 1, "s16", "interleaved", 320,
-                       seq * 320, trace=[Hop("capture", now, time.time_ns())])
-            pub.send(encode(h, x))
-        bad = Header(Kind.RAW, "m1", 1, 8, now, 16000, 1, "s16", "interleaved", 320, 8 * 320)
-        pub.send(encode(bad, b"\0" * 10))  # payload length mismatch
+            h = raw(seq, now + seq * 20_000_000, [Hop("capture", now, time.time_ns())])
+            pub.send(encode_audio(Kind.RAW, h, x))
+        good = encode_audio(Kind.RAW, raw(8, now, []), x)
+        pub.send(good[:-10])  # payload length mismatch
         tensors.collect(lambda m: len(m) >= 1, timeout=10)
         deadline = time.monotonic() + 10
         while True:  # counters are updated as the stage reads; poll the endpoint until all arrived
@@ -60,7 +66,7 @@ def test_convert_serves_counts_and_latency(procs, zctx, collector) -> None:
                 raise AssertionError(text[:3000])
             time.sleep(0.1)  # polling an HTTP endpoint; the assertion is on its content
     finally:
-        pub.close(0)
+        pub.close()
     assert _value(text, "soundbus_frames_in_total", stage="convert", stream="m1") == 6
     assert _value(text, "soundbus_gap_frames_total", stage="convert", stream="m1") == 2
     assert _value(text, "soundbus_bad_messages_total", stage="convert", reason="payload_length") == 1

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, StageProcess, free_port
 
 
@@ -46,3 +48,30 @@ def test_bad_model_is_reported(procs) -> None:
     assert p.wait(90) != 0
     assert "no-such-model" in p.log()
     assert _leftovers(port) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL])
+def test_no_stage_outlives_up_however_up_dies(procs, sig) -> None:
+    """Closing the terminal (SIGHUP), a kill, even SIGKILL of up itself: the stages go too, so their
+    ports are free for the next up (they once stayed, and the next up failed: address in use)."""
+    import time
+
+    p, port = _up(procs, "--loop")
+    p.wait_for("pipeline running", timeout=90)
+    assert len(_leftovers(port)) >= 4
+    p.proc.send_signal(sig)  # to up alone, not its process group
+    p.wait(30)
+    deadline = time.monotonic() + 20
+    while _leftovers(port):
+        assert time.monotonic() < deadline, f"left behind after {sig.name} of up: {_leftovers(port)}"
+        time.sleep(0.2)  # polling the process table for the children to go
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--base-port", "-1"], "--base-port: -1 is outside"),
+    (["--start-timeout", "nan"], "--start-timeout: nan is outside"),
+])
+def test_bad_flags_exit_2(args, words) -> None:
+    r = subprocess.run([sys.executable, "-m", "common.cli", "up", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -27,6 +27,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ from typing import Any, Protocol
 
 import zmq
 
+from common.errors import UserError
 from common.observe.metrics import StageMetrics
+from common.observe.ratelog import RateLimitedLog
 from common.transport.inbox import MAX_BATCH, Inbox, Poller
 from common.transport.outbox import Outbox
 from common.transport.sockets import SocketOptions
@@ -168,6 +171,7 @@ class Runtime:
         self.poller = Poller()
         self.health = HealthFile(health_file, stage) if health_file else None
         self._closers: list[Any] = []
+        self._errors = RateLimitedLog(log, every_s=60.0, burst=3)
         self._pending: deque[bytes] = deque()  # refused by a nodrop output, sent first next turn
 
     # -- building ------------------------------------------------------------------------
@@ -204,19 +208,28 @@ class Runtime:
                 timeout = IDLE_WAKE_S if wake is None else min(max(wake, 0.0), IDLE_WAKE_S)
                 batch = inp.receive(timeout, gather_s, limit)
                 now = Now.read()
-                sends = logic.handle(batch, now) if batch else []
-                sends += logic.tick(now)
+                try:
+                    sends = logic.handle(batch, now) if batch else []
+                    sends += logic.tick(now)
+                except UserError:
+                    raise
+                except Exception:  # a bug must cost one batch, not the stage: counted, logged with its traceback
+                    self.metrics.bad_message("stage_error")
+                    self._errors.log(logging.ERROR, "stage_error", f"{self.stage}: a batch of {len(batch)} "
+                                     f"message(s) failed and was dropped:\n{traceback.format_exc(limit=8)}")
+                    sends = []
                 if sends:
                     self._send(out, sends)
             if now.mono >= next_housekeeping:
                 next_housekeeping = now.mono + HOUSEKEEPING_S
                 self._housekeeping(logic, inp)
         final = logic.finish(Now.read())
-        if final and out is not None:
-            self._send(out, final, wait_s=1.0)
+        if out is not None and (final or self._pending):
+            # what is owed still goes out: a nodrop output waits for room, up to its linger
+            self._send(out, final, wait_s=out.linger_ms / 1000, at_stop=True)
         log.info("%s %s", self.metrics.summary(), logic.summary())
 
-    def _send(self, out: Outbox | None, messages: Sequence[bytes], wait_s: float = 0.0) -> None:
+    def _send(self, out: Outbox | None, messages: Sequence[bytes], wait_s: float = 0.0, at_stop: bool = False) -> None:
         if out is None:
             return
         if not out.nodrop:
@@ -228,7 +241,7 @@ class Runtime:
             if self._try(out):
                 continue
             left = deadline - time.monotonic()
-            if left <= 0 or self.stop:
+            if left <= 0 or (self.stop and not at_stop):
                 return
             out.socket.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLOUT)
 

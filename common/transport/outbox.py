@@ -45,6 +45,7 @@ class Outbox:
         connects = [addr for bind, addr in (split_endpoint(e, True) for e in endpoints) if not bind]
         self.links = LinkWatch(self.socket, "output", connects, metrics, curve=opts.curve is not None)
         self.nodrop = opts.nodrop
+        self.linger_ms = opts.linger_ms
         self.subscriptions: set[bytes] = set()
         self.sent = 0
         self.refused = 0  # sends refused by a full queue (nodrop only)

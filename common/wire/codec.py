@@ -23,6 +23,7 @@ import msgspec
 import numpy as np
 
 from common.wire.messages import (
+    I64_MAX,
     MAX_CHUNK_S,
     MAX_PAYLOAD_BYTES,
     SAMPLE_WIDTH,
@@ -175,20 +176,23 @@ def decode(data: bytes | memoryview) -> Message:
         header = _DECODERS[kind].decode(view[start : start + hlen])
     except msgspec.ValidationError as e:
         raise ProtocolError("bad_field", _name_fields(str(e), _STRUCTS[kind])) from None
-    except msgspec.DecodeError as e:
-        raise ProtocolError("bad_msgpack", str(e)[:200]) from None
+    except Exception as e:  # msgspec.DecodeError, and UnicodeDecodeError for bad UTF-8: hostile input
+        raise ProtocolError("bad_msgpack", f"{type(e).__name__}: {str(e)[:200]}") from None
     payload = view[start + hlen :]
     if kind is Kind.RAW or kind is Kind.TENSOR:
         h: AudioHeader = header
         if topic != topic_for(kind, h.stream) or not is_name(h.stream):
-            raise ProtocolError("bad_topic", f"topic {topic!r} and stream {h.stream!r}: "
-                                             "stream ids are letters, digits, '.', '_', '-'")
+            raise ProtocolError("bad_topic", f"topic {topic[:80]!r} is not the topic of stream {h.stream[:64]!r}, or "
+                                             "the id has characters other than letters, digits, '.', '_', '-'")
         _check_texts(h.source, h.trace)
         if len(payload) != h.samples * h.channels * SAMPLE_WIDTH[h.format]:
             raise ProtocolError("payload_length", f"payload is {len(payload)} bytes; {h.samples} samples x "
                                                   f"{h.channels} ch x {SAMPLE_WIDTH[h.format]} B = {h.payload_bytes}")
         if h.samples > h.rate * MAX_CHUNK_S:
             raise ProtocolError("chunk_too_long", f"{h.samples} samples at {h.rate} Hz is over {MAX_CHUNK_S} s")
+        if h.offset + h.samples + h.lost > I64_MAX or h.end_ns > I64_MAX - MAX_CHUNK_S * 1_000_000_000:
+            # downstream adds durations and counts to these; every result must stay within int64
+            raise ProtocolError("bad_field", "offset, lost or t_capture_ns too close to the int64 limit")
         if kind is Kind.TENSOR and (h.format is not SampleFormat.F32 or h.layout is not Layout.PLANAR):
             raise ProtocolError("bad_tensor_format", f"a tensor is f32 planar, got {h.format.value} {h.layout.value}")
         return Audio(kind, h, payload)
@@ -236,7 +240,7 @@ def decode_parts(parts: list[bytes]) -> Message:
 def _looks_v1(header: bytes) -> bool:
     try:
         d = msgspec.msgpack.decode(header[:4096])
-    except msgspec.DecodeError:
+    except Exception:  # DecodeError, UnicodeDecodeError: not a v1 header
         return False
     return isinstance(d, dict) and d.get("v") == 1
 

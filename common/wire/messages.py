@@ -15,9 +15,11 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from msgspec import Meta, Struct
+
+from common.wire.topics import Kind
 
 # -- bounds -----------------------------------------------------------------------------
 
@@ -167,6 +169,8 @@ class HeartbeatState(str, enum.Enum):
 class Heartbeat(Struct, array_like=True, forbid_unknown_fields=True):
     """``hb``: a source is alive; where its next chunk will be (no payload)."""
 
+    kind: ClassVar[Kind] = Kind.HEARTBEAT
+
     stream: StreamId
     epoch: Count
     next_seq: Count
@@ -219,6 +223,8 @@ class Result(Struct, array_like=True, forbid_unknown_fields=True):
     of an epoch (``final``: the window was zero-padded past the end of the audio).
     """
 
+    kind: ClassVar[Kind] = Kind.RESULT
+
     stream: StreamId
     model: ModelName
     epoch: Count
@@ -244,6 +250,8 @@ class StoredEvent(Struct, array_like=True, forbid_unknown_fields=True):
     ``end_ns`` is 0 while the event is still on (an onset stored before its offset).
     ``clip``: path of the audio clip relative to the store's directory ("" when none).
     """
+
+    kind: ClassVar[Kind] = Kind.EVENT
 
     stream: StreamId
     model: ModelName

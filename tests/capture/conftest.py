@@ -143,28 +143,31 @@ def pulse() -> Iterator[Pulse]:
         shutil.rmtree(runtime, ignore_errors=True)
 
 
-def assemble_stream(messages, stream: str | None = None):
-    """Raw messages of one stream and epoch -> (samples (frames, channels) or (frames, channels, 3) for s24, headers).
+def assemble_stream(messages, stream: str | None = None, live: bool = False):
+    """Raw messages of one stream and epoch -> (samples (n, channels) or (n, channels, 3) for s24, headers).
 
     Asserts what every consumer relies on: one epoch, seq 0,1,2,... without gaps, each
-    ``offset`` equal to the samples before it, one format, END on the last frame only.
+    ``offset`` equal to the samples before it, one format, END on the last chunk only.
     """
     import numpy as np
 
-    from common.protocol import Kind
+    from common.wire import Audio, Kind
 
-    raw = [m for m in messages if m.header.kind == Kind.RAW and (stream is None or m.header.stream == stream)]
+    raw = [m for m in messages if isinstance(m, Audio) and m.kind == Kind.RAW
+           and (stream is None or m.stream == stream)]
     assert raw, "no raw frames received"
     hs = [m.header for m in raw]
     assert len({h.epoch for h in hs}) == 1, f"several epochs: {sorted({h.epoch for h in hs})}"
-    assert [h.seq for h in hs] == list(range(len(hs))), "sequence numbers are not 0,1,2,... contiguous"
-    offsets = np.cumsum([0] + [h.frames for h in hs[:-1]])
-    assert [h.offset for h in hs] == offsets.tolist(), "offsets do not follow the frame sizes"
+    # A live source (device, loopback) starts before a subscriber joins: it may be caught after seq 0.
+    first = hs[0].seq if live else 0
+    assert [h.seq for h in hs] == list(range(first, first + len(hs))), "sequence numbers are not contiguous"
+    offsets = hs[0].offset + np.cumsum([0] + [h.samples for h in hs[:-1]])
+    assert [h.offset for h in hs] == offsets.tolist(), "offsets do not follow the chunk sizes"
     assert len({(h.rate, h.channels, h.format) for h in hs}) == 1
     return np.concatenate([m.samples() for m in raw]), hs
 
 
 @pytest.fixture
 def assemble():
-    """assemble(messages, stream=None) -> (samples, headers); see assemble_stream."""
+    """assemble(messages, stream=None, live=False) -> (samples, headers); see assemble_stream."""
     return assemble_stream

@@ -18,8 +18,10 @@ import pytest
 import soxr
 import zmq
 
-from common.protocol import Flag, Header, Hop, Kind, encode
-from common.publisher import Publisher
+from common.observe.metrics import StageMetrics
+from common.transport.outbox import Outbox
+from common.transport.sockets import SocketOptions
+from common.wire import AudioHeader, Flag, Hop, Kind, Layout, SampleFormat, encode_audio
 
 ALSA = Path("/usr/share/sounds/alsa")
 RATE = 16_000
@@ -67,7 +69,7 @@ class TensorSource:
     """Publishes float32 planar tensor messages as convert would."""
 
     def __init__(self, ctx: zmq.Context, addr: str) -> None:
-        self.pub = Publisher(ctx, [addr])
+        self.pub = Outbox(ctx, [addr], SocketOptions(nodrop=True), StageMetrics("test"))
         self.pub.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # count every subscriber, not every distinct topic
         self.subscribers = 0
         self.seq: dict[tuple[str, int], int] = {}
@@ -85,7 +87,7 @@ class TensorSource:
 
     def send(self, stream: str, audio: np.ndarray, chunk: int = 320, epoch: int = 1, rate: int = RATE,
              flags_first: Flag = Flag.NONE, end: bool = False) -> None:
-        """Send ``audio`` (frames,) or (channels, frames) in chunks of ``chunk`` samples."""
+        """Send ``audio`` (samples,) or (channels, samples) in chunks of ``chunk`` samples."""
         audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
         key = (stream, epoch)
         for start in range(0, audio.shape[1], chunk):
@@ -93,15 +95,14 @@ class TensorSource:
             seq = self.seq.get(key, 0)
             off = self.offset.get(key, 0)
             now = time.time_ns()
-            h = Header(
-                kind=Kind.TENSOR, stream=stream, epoch=epoch, seq=seq,
-                t_capture_ns=self.t0 + off * 1_000_000_000 // rate, rate=rate, channels=part.shape[0],
-                format="f32", layout="planar", frames=part.shape[1], offset=off,
-                flags=(flags_first if start == 0 else Flag.NONE)
-                | (Flag.END if end and start + chunk >= audio.shape[1] else Flag.NONE),
+            h = AudioHeader(
+                stream=stream, epoch=epoch, seq=seq, t_capture_ns=self.t0 + off * 1_000_000_000 // rate, rate=rate,
+                channels=part.shape[0], format=SampleFormat.F32, layout=Layout.PLANAR, samples=part.shape[1],
+                offset=off, flags=(flags_first if start == 0 else 0)
+                | (Flag.END if end and start + chunk >= audio.shape[1] else 0),
                 trace=[Hop("capture", now, now), Hop("convert", now, now)],
             )
-            while not self.pub.send(encode(h, part)):
+            while not self.pub.send(encode_audio(Kind.TENSOR, h, part)):
                 self.pub.socket.poll(10, zmq.POLLOUT)
             self.seq[key] = seq + 1
             self.offset[key] = off + part.shape[1]

@@ -34,7 +34,7 @@ def _run(model, audio: np.ndarray, batched: bool) -> np.ndarray:
         wins = [a[None, k * spec.hop : k * spec.hop + spec.window].copy() for a in audio]
         groups = [list(range(len(audio)))] if batched else [[i] for i in range(len(audio))]
         for g in groups:
-            res = run_batch(model, [wins[i] for i in g], [states[i] for i in g])
+            res = run_batch(model, np.stack([wins[i] for i in g]), [states[i] for i in g])
             assert not res.errors
             for i, s in zip(g, res.scores):
                 out[i, k] = s
@@ -94,7 +94,7 @@ def test_level_reads_known_signals() -> None:
     t = np.arange(1600) / RATE
     sine = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
     wins = [sine[None], np.zeros((1, 1600), np.float32), np.full((1, 1600), -1.0, np.float32)]
-    res = run_batch(model, wins, [None] * 3)
+    res = run_batch(model, np.stack(wins), [None] * 3)
     sine_x, silent_x, clip_x = res.extras
     assert sine_x["rms_dbfs"] == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.05)
     assert sine_x["peak_dbfs"] == pytest.approx(-6.02, abs=0.05) and sine_x["clipped"] == 0

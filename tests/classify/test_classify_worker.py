@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from common.protocol import Flag, Kind
+from classify.tail import as_record
+from common.wire import Flag, Kind
 
 HERE = os.path.dirname(__file__)
 NO_STALE = ["--max-lag-ms", "600000", "--idle-s", "0"]  # bursts faster than real time: keep every window, no idle flush
@@ -23,9 +24,9 @@ NO_STALE = ["--max-lag-ms", "600000", "--idle-s", "0"]  # bursts faster than rea
 def results_by_stream(messages) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for m in messages:
-        body = m.result()
-        body["_header"] = m.header
-        out.setdefault(m.header.stream, []).append(body)
+        body = as_record(m, 0)
+        body["_msg"] = m
+        out.setdefault(m.stream, []).append(body)
     return out
 
 
@@ -80,7 +81,7 @@ def test_vad_and_yamnet_fan_out_on_real_audio(procs, start, tcp, collector, tens
         assert len(rs) == n, f"{name}: {len(rs)} vad results, expected {n}"
         assert [r["offset"] for r in rs] == [512 * k for k in range(n)]
         assert all(r["end_ns"] - r["start_ns"] == 32_000_000 for r in rs)
-        assert [r["_header"].seq for r in rs] == list(range(n))
+        assert [r["_msg"].seq for r in rs] == list(range(n))
         assert all(r["labels"][0][0] == "speech" for r in rs)
     for name in ("alsa", "espeak"):
         probs = np.array([r["labels"][0][1] for r in vad_res[name]])
@@ -118,7 +119,13 @@ def test_vad_and_yamnet_fan_out_on_real_audio(procs, start, tcp, collector, tens
     for name in ("silence", "noise", "tone"):
         assert max(speech_score(r) for r in yam_res[name]) < 0.5, f"{name} tagged Speech"
     assert all(r["labels"][0][0] == "Silence" for r in yam_res["silence"])
-    assert all(top(r, 5) & {"White noise", "Static", "Noise", "Pink noise"} for r in yam_res["noise"]), [r["labels"] for r in yam_res["noise"]]
+    # White noise is ambiguous to YAMNet's int8 graph, and scores differ between CPUs (an Intel Xeon put
+    # "Water" ahead of "Noise"): assert the broadband-noise family, not exact labels (measured on AMD EPYC:
+    # every window's top 3 held two or more of these; "Spray", "Liquid" lead some windows).
+    noise_like = {"White noise", "Pink noise", "Noise", "Static", "Hiss", "Spray", "Liquid", "Water", "Waterfall",
+                  "Steam", "Rain", "Stream", "Wind noise (microphone)", "Rustle", "Fill (with liquid)"}
+    assert all(top(r, 3) & noise_like for r in yam_res["noise"]), [r["labels"] for r in yam_res["noise"]]
+    assert not any(r["labels"][0][0] in ("Speech", "Music", "Silence") for r in yam_res["noise"])
     assert all(top(r) & {"Sine wave", "Dial tone", "Telephone", "Busy signal", "Beep, bleep"} for r in yam_res["tone"])
 
 
@@ -144,17 +151,19 @@ def test_two_streams_batched_equal_unbatched(procs, start, tcp, collector, tenso
     cut = audio.alsa_speech("Front_Left.wav")[: 16000 + 100]  # "Front Le..."
     src.t0 = time.time_ns()
     src.send("cut", cut, end=True)
-    col.collect(lambda ms: any(m.header.stream == "cut" and m.result().get("final") for m in ms), timeout=30)
+    col.collect(lambda ms: any(m.stream == "cut" and as_record(m, 0).get("final") for m in ms), timeout=30)
 
     got = results_by_stream(col.messages)
     last = got["cut"][-1]
     assert len(got["cut"]) == len(cut) // 512 + 1 and last["offset"] == 512 * (len(cut) // 512)
     assert last["end_ns"] == src.t0 + len(cut) * 1_000_000_000 // 16000
-    assert {"label": "speech", "state": "stop", "t_ns": last["end_ns"]} in last["events"], last["events"]
+    assert any((e["label"], e["state"], e["t_ns"]) == ("speech", "stop", last["end_ns"]) for e in last["events"]), \
+        last["events"]
     model = load_model("vad")
     for name, a in streams.items():
         state = model.new_state()
-        ref = [run_batch(model, [a[None, k * 512 : (k + 1) * 512].copy()], [state]).scores[0][0] for k in range(n[name])]
+        ref = [run_batch(model, a[None, None, k * 512 : (k + 1) * 512].copy(), [state]).scores[0][0]
+               for k in range(n[name])]
         mine = [r["labels"][0][1] for r in got[name]]
         np.testing.assert_allclose(mine, ref, atol=1e-5, err_msg=name)
     w.stop()
@@ -193,8 +202,8 @@ def test_model_raising_on_one_window_is_skipped_and_counted(procs, start, tcp, c
 
     # still alive; a new epoch restarts the result sequence
     src.send("a", audio.white_noise(0.2, amp=0.1), epoch=2, flags_first=Flag.DISCONTINUITY)
-    col.collect(lambda ms: sum(m.header.epoch == 2 for m in ms) >= 2, timeout=30)
-    assert [m.header.seq for m in col.messages if m.header.epoch == 2] == [0, 1]
+    col.collect(lambda ms: sum(m.epoch == 2 for m in ms) >= 2, timeout=30)
+    assert [m.seq for m in col.messages if m.epoch == 2] == [0, 1]
     w.stop()
     summary = final_summary(w)
     assert counter(summary, "model_error") == 1 and counter(summary, "wrong_rate") > 0, summary
@@ -213,7 +222,7 @@ def test_fast_replay_is_not_stale(procs, start, tcp, collector, tensor_source, a
     src.t0 = time.time_ns()  # stamped from now on (as a file read with --fast), sent at once
     src.send("s", audio.white_noise(5.0, amp=0.1))
     col.collect(lambda ms: len(ms) >= 50, timeout=30)
-    assert [m.result()["offset"] // 1600 for m in col.messages] == list(range(50))
+    assert [as_record(m, 0)["offset"] // 1600 for m in col.messages] == list(range(50))
 
 
 def test_falling_behind_drops_oldest_windows(procs, start, tcp, collector, tensor_source, audio):
@@ -234,7 +243,7 @@ def test_falling_behind_drops_oldest_windows(procs, start, tcp, collector, tenso
     served = len(col.messages)
     dropped = counter(summary, "stale_window")
     assert dropped > 0 and served + dropped == 100, summary
-    offsets = [m.result()["offset"] for m in col.messages]
+    offsets = [as_record(m, 0)["offset"] for m in col.messages]
     assert offsets == sorted(offsets) and offsets[-1] == 99 * 1600  # the newest audio is served
 
 
@@ -261,7 +270,7 @@ def test_wakeword_fires_on_its_phrase_only(procs, start, tcp, collector, tensor_
 
 def test_shards_split_streams_between_workers(procs, start, tcp, collector, tensor_source, audio):
     """Two workers of one model with --shard 0/2 and 1/2 each get exactly their streams (crc32 buckets)."""
-    from common.protocol import bucket_of
+    from common.wire import bucket_of
 
     tin, out0, out1 = tcp(), tcp(), tcp()
     src = tensor_source(tin)
@@ -279,8 +288,8 @@ def test_shards_split_streams_between_workers(procs, start, tcp, collector, tens
     c1.collect(lambda ms: len(ms) >= 15, timeout=30)
     c0.drain(quiet_s=0.5)
     c1.drain(quiet_s=0.5)
-    got0 = {m.header.stream for m in c0.messages}
-    got1 = {m.header.stream for m in c1.messages}
+    got0 = {m.stream for m in c0.messages}
+    got1 = {m.stream for m in c1.messages}
     assert got0 == {s for s in names if bucket_of(s) % 2 == 0} and got1 == {s for s in names if bucket_of(s) % 2 == 1}
     assert len(c0.messages) == len(c1.messages) == 15
 
@@ -319,7 +328,7 @@ def test_live_streams_wait_for_one_shared_model_call(procs, start, tcp, collecto
     assert counter(single, "batches") >= 2 * rounds, f"windows waited without --batch-wait-ms: {single}"
 
     def scores(col):
-        return sorted((m.header.stream, m.result()["offset"], tuple(map(tuple, m.result()["labels"])))
+        return sorted((m.stream, as_record(m, 0)["offset"], tuple(map(tuple, as_record(m, 0)["labels"])))
                       for m in col.messages)
 
     assert scores(cols[0]) == scores(cols[1])

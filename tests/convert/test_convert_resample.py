@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convert.resample import QUALITIES, StreamResampler, rate_supported
-from convert.stream import FrameBuffer
+from convert.stream import ChunkBuffer
 
 RATES = [8000, 11025, 16000, 22050, 44100, 48000, 96000]
 
@@ -84,12 +84,12 @@ def test_rate_bounds() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
-def test_frame_buffer_rechunks_without_losing_or_reordering(data) -> None:
+def test_chunk_buffer_rechunks_without_losing_or_reordering(data) -> None:
     channels = data.draw(st.integers(1, 3))
     frame = data.draw(st.integers(1, 700))
     total = data.draw(st.integers(0, 5000))
     x = np.arange(total * channels, dtype=np.float32).reshape(total, channels)
-    fb = FrameBuffer(channels, frame)
+    fb = ChunkBuffer(channels, frame)
     out, i = [], 0
     for size in chunk_sizes(data.draw, total):
         piece = x[i : i + size]

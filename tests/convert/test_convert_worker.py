@@ -10,10 +10,12 @@ import soxr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.metrics import StageMetrics
-from common.protocol import Flag, Header, Kind, Message, decode, encode
+from common.observe.metrics import StageMetrics
+from common.runtime.stage import Now
+from common.wire import Audio, AudioHeader, Flag, Kind, Layout, SampleFormat, decode, encode_audio
 from convert.formats import ChannelMap, from_float32
-from convert.worker import Converter, ConvertConfig
+from convert.stream import ConvertConfig
+from convert.worker import ConvertLogic, StageOptions
 
 T0 = 1_700_000_000_000_000_000
 IN_RATE = 48_000
@@ -29,14 +31,14 @@ def signal(seconds: float, channels: int = 2, seed: int = 0) -> np.ndarray:
 
 
 def raw(stream: str, seq: int, block: np.ndarray, offset: int, *, epoch: int = 1, rate: int = IN_RATE,
-        fmt: str = "s16", layout: str = "interleaved", flags: Flag = Flag.NONE) -> Message:
-    h = Header(kind=Kind.RAW, stream=stream, epoch=epoch, seq=seq, t_capture_ns=T0 + offset * 10**9 // rate,
-               rate=rate, channels=block.shape[0], format=fmt, layout=layout, frames=block.shape[1], offset=offset,
-               flags=flags, source="test-source")
-    return decode(encode(h, from_float32(block, fmt, layout)))
+        fmt: str = "s16", layout: str = "interleaved", flags: int = 0, lost: int = 0) -> Audio:
+    h = AudioHeader(stream=stream, epoch=epoch, seq=seq, t_capture_ns=T0 + offset * 10**9 // rate, rate=rate,
+                    channels=block.shape[0], format=SampleFormat(fmt), layout=Layout(layout), samples=block.shape[1],
+                    offset=offset, flags=int(flags), lost=lost, source="test-source")
+    return decode(encode_audio(Kind.RAW, h, from_float32(block, fmt, layout)))
 
 
-def frames_of(x: np.ndarray, sizes: list[int], **kw) -> list[Message]:
+def frames_of(x: np.ndarray, sizes: list[int], **kw) -> list[Audio]:
     msgs, off = [], 0
     for i, n in enumerate(sizes):
         msgs.append(raw("mic", i, x[:, off : off + n], off, **kw))
@@ -44,19 +46,36 @@ def frames_of(x: np.ndarray, sizes: list[int], **kw) -> list[Message]:
     return msgs
 
 
-def feed(conv: Converter, msgs: list[Message]) -> list[Message]:
+class Converter:
+    """ConvertLogic driven as the runtime drives it, one message per batch, with an explicit clock."""
+
+    def __init__(self, opts: StageOptions = StageOptions(), **kw) -> None:
+        self.logic = ConvertLogic(ConvertConfig(**kw), StageMetrics("convert"), opts)
+        self.metrics = self.logic.metrics
+        self.mono = 0.0
+
+    def handle(self, m: Audio) -> list[bytes]:
+        return self.logic.handle([m], Now(self.mono, 123))
+
+    def tick(self, after_s: float) -> list[Audio]:
+        """The timers, ``after_s`` seconds later."""
+        self.mono += after_s
+        return [decode(f) for f in self.logic.tick(Now(self.mono, 123))]
+
+
+def feed(conv: Converter, msgs: list[Audio]) -> list[Audio]:
     out = []
     for m in msgs:
-        out += [decode(f) for f in conv.handle(m, 123)]
+        out += [decode(f) for f in conv.handle(m)]
     return out
 
 
 def converter(**kw) -> Converter:
-    return Converter(ConvertConfig(**kw), StageMetrics("convert"))
+    return Converter(**kw)
 
 
-def samples(msgs: list[Message]) -> np.ndarray:
-    return np.concatenate([np.frombuffer(m.payload, "<f4").reshape(m.header.channels, m.header.frames) for m in msgs],
+def samples(msgs: list[Audio]) -> np.ndarray:
+    return np.concatenate([np.frombuffer(m.payload, "<f4").reshape(m.header.channels, m.header.samples) for m in msgs],
                           axis=1)
 
 
@@ -66,7 +85,7 @@ def mono_reference(x: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
-def test_any_input_framing_gives_the_whole_signal_result_in_regular_frames(data) -> None:
+def test_any_input_chunking_gives_the_whole_signal_result_in_regular_chunks(data) -> None:
     x = signal(0.5)
     n = x.shape[1]
     cuts = sorted(set(data.draw(st.lists(st.integers(1, n - 1), max_size=40))))
@@ -78,12 +97,12 @@ def test_any_input_framing_gives_the_whole_signal_result_in_regular_frames(data)
     np.testing.assert_array_equal(samples(out)[0], mono_reference(x))
     for i, m in enumerate(out):
         h = m.header
-        assert (h.kind, h.format, h.layout, h.rate, h.channels, h.stream, h.epoch) == (
+        assert (m.kind, h.format, h.layout, h.rate, h.channels, h.stream, h.epoch) == (
             Kind.TENSOR, "f32", "planar", 16000, 1, "mic", 1)
         assert h.seq == i and h.offset == 512 * i
         assert h.t_capture_ns == T0 + h.offset * 10**9 // 16000
         assert h.source == "test-source" and h.trace[-1].stage == "convert"
-        assert h.frames == 512 or i == len(out) - 1
+        assert h.samples == 512 or i == len(out) - 1
         assert h.flags == (Flag.END if i == len(out) - 1 else Flag.NONE)
     assert conv.metrics.events["end"] == 1 and not conv.metrics.bad
 
@@ -134,7 +153,7 @@ def test_long_gap_resets_and_re_anchors_at_the_next_frame() -> None:
     r = resumed[0].header
     assert r.offset == 15 * 960 // 3 and r.t_capture_ns == msgs[15].header.t_capture_ns
     before = [m for m in out if m.header.offset < r.offset]
-    assert before[-1].header.offset + before[-1].header.frames <= r.offset  # the tail was flushed, short
+    assert before[-1].header.offset + before[-1].header.samples <= r.offset  # the tail was flushed, short
     np.testing.assert_array_equal(samples(before)[0], mono_reference(x[:, : 5 * 960]))
     after = samples([m for m in out if m.header.offset >= r.offset])[0]
     np.testing.assert_array_equal(after, mono_reference(x[:, 15 * 960 :])[: len(after)])
@@ -157,7 +176,7 @@ def test_new_epoch_flushes_the_old_one_with_end_and_restarts_numbering() -> None
                                                                       epoch=2) for i in range(1, 10)])
     old = [m for m in out if m.header.epoch == 1]
     new = [m for m in out if m.header.epoch == 2]
-    assert old[-1].header.flags & Flag.END and old[-1].header.frames < 512
+    assert old[-1].header.flags & Flag.END and old[-1].header.samples < 512
     assert new[0].header.seq == 0 and new[0].header.offset == 0
     assert new[0].header.flags & Flag.DISCONTINUITY  # the old epoch did not end cleanly
     assert conv.metrics.events["epoch_change"] == 1
@@ -171,7 +190,7 @@ def test_format_change_mid_stream_resets_and_keeps_numbering() -> None:
     out += feed(conv, [raw("mic", 10 + i, y[:, i * 480 : (i + 1) * 480], 9600 + i * 480, rate=24_000, fmt="s24",
                            layout="planar") for i in range(10)])
     assert [m.header.seq for m in out] == list(range(len(out)))
-    offs = [(m.header.offset, m.header.frames) for m in out]
+    offs = [(m.header.offset, m.header.samples) for m in out]
     assert all(a + n <= b for (a, n), (b, _) in zip(offs, offs[1:]))
     assert sum(1 for m in out if m.header.flags & Flag.DISCONTINUITY) == 1
     assert conv.metrics.events["reset_format"] == 1
@@ -209,7 +228,7 @@ def test_a_converter_joining_mid_epoch_numbers_above_any_previous_instance() -> 
     second = converter()  # e.g. the stage restarted: it sees the stream from seq 33 on
     after = feed(second, msgs[33:])
     assert after[0].header.seq > before[-1].header.seq
-    assert after[0].header.offset >= before[-1].header.offset + before[-1].header.frames
+    assert after[0].header.offset >= before[-1].header.offset + before[-1].header.samples
     assert after[0].header.flags & Flag.DISCONTINUITY and not before[0].header.flags
 
 
@@ -238,9 +257,9 @@ def test_idle_stream_tail_is_flushed_and_its_next_frame_restarts() -> None:
     msgs = frames_of(signal(0.3), [960] * 12)
     conv = converter()
     out = feed(conv, msgs[:10])
-    tail = [decode(f) for f in conv.flush_idle(0.0, 0)]
-    assert tail and tail[-1].header.frames < 512
-    assert not conv.flush_idle(0.0, 0)  # once
+    tail = conv.tick(2.5)  # silent for more than --idle-flush-s (2 s)
+    assert tail and tail[-1].header.samples < 512
+    assert not conv.tick(2.5)  # once
     more = feed(conv, msgs[10:])
     assert more[0].header.flags & Flag.DISCONTINUITY if more else True
     assert conv.metrics.events["idle_flush"] == 1 and conv.metrics.events["reset_restart"] == 1
@@ -251,11 +270,12 @@ def test_long_silent_streams_are_evicted_and_numbering_stays_monotonic_when_they
     msgs = frames_of(signal(0.4), [960] * 20)
     conv = converter()
     out = feed(conv, msgs[:10])
-    out += [decode(f) for f in conv.flush_idle(0.0, 0, evict_s=0.0)]
-    assert "mic" not in conv.states and conv.metrics.events["stream_evicted"] == 1
+    out += conv.tick(2.5)  # flushed
+    out += conv.tick(61.0)  # forgotten (evicted after 60 s)
+    assert "mic" not in conv.logic.streams and conv.metrics.events["stream_evicted"] == 1
     back = feed(conv, msgs[12:])
     assert back[0].header.seq > out[-1].header.seq and back[0].header.flags & Flag.DISCONTINUITY
-    assert back[0].header.offset >= out[-1].header.offset + out[-1].header.frames
+    assert back[0].header.offset >= out[-1].header.offset + out[-1].header.samples
 
 
 def test_low_delay_quality_publishes_each_frame_once_its_input_and_look_ahead_are_in() -> None:
@@ -263,14 +283,58 @@ def test_low_delay_quality_publishes_each_frame_once_its_input_and_look_ahead_ar
 
     x = signal(0.5)
     conv = converter(quality="LD")
-    out: list[Message] = []
+    out: list[Audio] = []
     for i, m in enumerate(frames_of(x, [960] * 25)):
         out += feed(conv, [m])
         ready = (960 * (i + 1) - 1 - 61) // 3 + 1  # 16 kHz samples whose 61-sample look-ahead has arrived
-        assert sum(f.header.frames for f in out) == ready // 512 * 512
+        assert sum(f.header.samples for f in out) == ready // 512 * 512
     got = samples(out)[0]
     ld = LowDelayResampler(IN_RATE, 16000, 1).process(x.mean(axis=0).astype(np.float32), last=True)
     np.testing.assert_array_equal(got, ld[: len(got)])
     # a rate whose exact LD filter would be too long is refused like an absurd rate, state untouched
     assert feed(conv, [raw("odd", 0, x[:, :882], 0, rate=44_099)]) == []
     assert conv.metrics.bad == {"rate_unsupported": 1}
+
+
+def test_losses_reach_the_next_tensor_as_lost_samples_bridged_or_not() -> None:
+    """Input lost upstream (AudioHeader.lost), or messages this stage never received (a seq gap),
+    are carried on the next output chunk at the output rate, so classify can report them."""
+    x = signal(0.4)
+    msgs = frames_of(x, [960] * 20)
+    conv = converter()
+    out = feed(conv, msgs[:5])
+    out += feed(conv, [raw("mic", 5, x[:, 5 * 960 : 6 * 960], 5 * 960, lost=480)])  # capture overflowed first
+    out += feed(conv, msgs[7:])  # seq 6 never arrived: 960 input samples bridged with silence
+    lost = [(m.header.seq, m.header.lost) for m in out if m.header.lost]
+    assert sum(n for _, n in lost) == (480 + 960) // 3  # at 16 kHz; both land on the chunk holding them
+    assert all(m.header.flags & Flag.DISCONTINUITY for m in out if m.header.lost)
+    assert conv.metrics.total_gaps == 1
+
+
+def test_non_finite_float_input_is_zeroed_and_counted() -> None:
+    x = np.zeros((1, 960))
+    x[0, 100:110] = np.nan
+    x[0, 200] = np.inf
+    conv = converter()
+    out = feed(conv, [raw("f", 0, x, 0, fmt="f32", flags=Flag.END)])
+    assert np.isfinite(samples(out)).all()
+    assert conv.metrics.events["nonfinite_samples"] == 11
+
+
+def test_streams_beyond_the_bound_are_refused_and_counted_and_finished_ones_make_room() -> None:
+    x = signal(0.02)
+    conv = Converter(StageOptions(max_streams=3))
+    for i in range(5):
+        feed(conv, [raw(f"s{i}", 0, x, 0)])
+    assert sorted(conv.logic.streams.states) == ["s0", "s1", "s2"]
+    assert conv.metrics.drops["too_many_streams"] == 2
+    feed(conv, [raw("s0", 1, x, 960, flags=Flag.END)])  # s0 ends: its place can be reclaimed
+    feed(conv, [raw("s9", 0, x, 0)])
+    assert "s9" in conv.logic.streams and "s0" not in conv.logic.streams
+
+
+def test_an_output_chunk_too_large_for_a_message_is_refused_before_any_state() -> None:
+    conv = converter(channels=ChannelMap("keep"), chunk_samples=16000 * 10)  # 10 s chunks
+    wide = np.zeros((64, 960))
+    assert feed(conv, [raw("wide", 0, wide, 0)]) == []  # 64 ch x 160000 x 4 B > 16 MiB
+    assert conv.metrics.bad == {"chunk_too_large": 1} and not conv.logic.streams

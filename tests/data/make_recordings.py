@@ -21,8 +21,8 @@ import soxr
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.protocol import Flag, Header, Hop, Kind, encode
-from common.recording import RecordingWriter
+from common.wire.v1 import Flag, Header, Hop, Kind, encode
+from common.recording.format import RecordingWriter
 
 HERE = Path(__file__).resolve().parent
 ALSA = Path("/usr/share/sounds/alsa")

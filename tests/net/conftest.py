@@ -18,10 +18,11 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.keys import create_keypair
-from common.protocol import Header, Kind, encode
-from common.publisher import Publisher
-from common.sockets import CurveConfig, SocketOptions, open_socket
+from common.observe.metrics import StageMetrics
+from common.transport.keys import create_keypair
+from common.transport.outbox import Outbox
+from common.transport.sockets import CurveConfig, SocketOptions, open_socket
+from common.wire import AudioHeader, Kind, Layout, SampleFormat, encode_audio
 from tests.conftest import StageProcess
 
 FRAMES = 320  # samples per channel per message: 20 ms at 16 kHz
@@ -65,23 +66,13 @@ def keyring(tmp_path: Path) -> KeyRing:
     return KeyRing(tmp_path / "keys")
 
 
-def raw_frames(stream: str, seq: int, epoch: int = 1, frames: int = FRAMES) -> list:
+def raw_frames(stream: str, seq: int, epoch: int = 1, frames: int = FRAMES) -> bytes:
     """One valid raw message (s16 mono, 16 kHz): a ramp, so content is checkable."""
-    h = Header(
-        kind=Kind.RAW,
-        stream=stream,
-        epoch=epoch,
-        seq=seq,
-        t_capture_ns=time.time_ns(),
-        rate=RATE,
-        channels=1,
-        format="s16",
-        frames=frames,
-        offset=seq * frames,
-        source="test",
-    )
+    h = AudioHeader(stream=stream, epoch=epoch, seq=seq, t_capture_ns=time.time_ns(), rate=RATE, channels=1,
+                    format=SampleFormat.S16, layout=Layout.INTERLEAVED, samples=frames, offset=seq * frames,
+                    source="test")
     pcm = (np.arange(frames, dtype=np.int64) * 37 + seq * 101) % 20000 - 10000
-    return encode(h, pcm.astype("<i2"))
+    return encode_audio(Kind.RAW, h, pcm.astype("<i2"))
 
 
 class RawFeeder(threading.Thread):
@@ -102,7 +93,7 @@ class RawFeeder(threading.Thread):
         limit: int | None = None,
     ) -> None:
         super().__init__(daemon=True)
-        self.pub = Publisher(ctx, endpoints, opts)
+        self.pub = Outbox(ctx, endpoints, opts or SocketOptions(), StageMetrics("feeder"))
         self.streams = streams
         self.period_s = period_s
         self.epoch = epoch
@@ -185,8 +176,8 @@ def drain(sock: zmq.Socket, quiet_ms: int = 0) -> list[list[bytes]]:
 
 
 def start_proxy(procs: list, *args: str) -> StageProcess:
-    """``soundbus proxy ARGS`` as a tracked process (python -m common.net_cli: needs no other package)."""
-    p = StageProcess([sys.executable, "-m", "common.net_cli", "proxy", *args])
+    """``soundbus proxy ARGS`` as a tracked process (python -m common.cli.net: needs no other package)."""
+    p = StageProcess([sys.executable, "-m", "common.cli.net", "proxy", *args])
     procs.append(p)
     return p
 

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from common.cli import build_parser
+from common.cli.main import build_parser
 from tests.conftest import ROOT
 
 COMPOSE = shutil.which("docker-compose")
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not i
 
 SERVICES = {"proxy", "capture", "capture-alsa", "convert", "classify-vad", "classify-yamnet", "tail"}
 # subcommand -> module whose register() adds it
-REGISTERS = {"proxy": "common.net_cli", "capture": "capture.cli", "convert": "convert.cli", "classify": "classify.cli",
+REGISTERS = {"proxy": "common.cli.net", "capture": "capture.cli", "convert": "convert.cli", "classify": "classify.cli",
              "tail": "classify.cli"}
 
 

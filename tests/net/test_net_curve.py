@@ -17,8 +17,8 @@ import time
 import zmq
 import zmq.auth
 
-from common.protocol import decode
-from common.sockets import SocketOptions
+from common.wire import decode_parts
+from common.transport.sockets import SocketOptions
 from tests.conftest import ROOT, tcp
 from tests.net.conftest import KeyRing, RawFeeder, Watch, client_sub, drain, start_proxy, watched_sub
 
@@ -59,12 +59,12 @@ def test_proxy_with_curve_admits_only_allowed_keys_both_ways(procs, keyring: Key
         got: list = []
         while len(got) < 300:
             assert sub_ok.poll(10_000), "allowed subscriber received nothing from the allowed publisher"
-            got.append(decode(sub_ok.recv_multipart()))
-        got += [decode(m) for m in drain(sub_ok)]
+            got.append(decode_parts(sub_ok.recv_multipart()))
+        got += [decode_parts(m) for m in drain(sub_ok)]
     finally:
         for f in feeders:
             f.stop()
-    assert {m.header.stream for m in got} == {"good"}, "an unauthenticated publisher injected messages"
+    assert {m.stream for m in got} == {"good"}, "an unauthenticated publisher injected messages"
     seqs = [m.header.seq for m in got]
     assert seqs == sorted(seqs)
     assert drain(sub_rogue) == [], "a subscriber with a key not in the allow list received messages"
@@ -75,7 +75,7 @@ def test_proxy_with_curve_admits_only_allowed_keys_both_ways(procs, keyring: Key
 
 
 def test_keys_command_writes_private_secret_and_refuses_to_overwrite(tmp_path) -> None:
-    cmd = [sys.executable, "-m", "common.net_cli", "keys", str(tmp_path / "k"), "box1"]
+    cmd = [sys.executable, "-m", "common.cli.net", "keys", str(tmp_path / "k"), "box1"]
     first = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert first.returncode == 0, first.stderr
     pub, sec = tmp_path / "k" / "box1.key", tmp_path / "k" / "box1.key_secret"
@@ -99,7 +99,7 @@ def test_curve_server_without_allow_dir_is_a_clear_error(procs, keyring: KeyRing
 
 def test_stage_input_bound_as_curve_server_takes_only_allowed_publishers(procs, keyring: KeyRing, ctx) -> None:
     """convert binds its input (``--input @ADDR``) as a CURVE server; captures connect to it."""
-    from common.protocol import Kind, topic_for
+    from common.wire import Kind, topic_for
     from tests.conftest import start
 
     inference, good, rogue = keyring.pair("inference", True), keyring.pair("capture-good", True), keyring.pair("rogue", False)
@@ -118,15 +118,15 @@ def test_stage_input_bound_as_curve_server_takes_only_allowed_publishers(procs, 
     got = []
     while len(got) < 60:  # ~2 s of the allowed capture, all after the rogue was refused
         assert out.poll(20_000), f"no tensors from the allowed capture:\n{convert.log()}"
-        got.append(decode(out.recv_multipart()))
-    assert {m.header.stream for m in got} == {"good"}, "an unauthenticated capture injected a stream"
+        got.append(decode_parts(out.recv_multipart()))
+    assert {m.stream for m in got} == {"good"}, "an unauthenticated capture injected a stream"
     assert plain.proc.poll() is None and all(c.proc.poll() is None for c in caps)
 
 
 def test_two_server_sockets_in_one_process_keep_their_own_allow_lists(tmp_path, ctx) -> None:
     """One ZAP handler per process, one domain per allow directory (the proxy's two sides may differ)."""
-    from common.keys import create_keypair
-    from common.sockets import CurveConfig, open_socket
+    from common.transport.keys import create_keypair
+    from common.transport.sockets import CurveConfig, open_socket
 
     server_pub, server_sec = create_keypair(tmp_path / "server", "server")
     client_pub, client_sec = create_keypair(tmp_path / "client", "client")
@@ -157,8 +157,8 @@ def test_two_server_sockets_in_one_process_keep_their_own_allow_lists(tmp_path, 
 
 def test_curve_server_fails_closed_when_its_zap_handler_is_gone(tmp_path, ctx) -> None:
     """libzmq admits any client when no ZAP handler answers, unless ZAP_ENFORCE_DOMAIN is set: we set it."""
-    from common.keys import create_keypair, stop_authenticators
-    from common.sockets import CurveConfig, open_socket
+    from common.transport.keys import create_keypair, stop_authenticators
+    from common.transport.sockets import CurveConfig, open_socket
 
     server_pub, server_sec = create_keypair(tmp_path / "server", "server")
     client_pub, client_sec = create_keypair(tmp_path / "client", "client")
@@ -180,7 +180,7 @@ def test_curve_server_fails_closed_when_its_zap_handler_is_gone(tmp_path, ctx) -
 
 def test_curve_is_per_direction_encrypted_input_plain_loopback_output(procs, keyring: KeyRing, ctx) -> None:
     """convert connects to a CURVE capture (--curve-server) and publishes plain on loopback (no --curve-allow)."""
-    from common.protocol import Kind, topic_for
+    from common.wire import Kind, topic_for
     from tests.conftest import start
 
     capture_key, inference = keyring.pair("capture", False), keyring.pair("inference", True)
@@ -196,7 +196,7 @@ def test_curve_is_per_direction_encrypted_input_plain_loopback_output(procs, key
     plain.setsockopt(zmq.SUBSCRIBE, topic_for(Kind.TENSOR))
     plain.connect(tensor)
     assert plain.poll(20_000), f"no plain tensors on loopback:\n{convert.log()}"
-    assert decode(plain.recv_multipart()).header.stream == "t"
+    assert decode_parts(plain.recv_multipart()).stream == "t"
     # and the network side really is encrypted: a plain subscriber to the capture gets nothing
     sniff = ctx.socket(zmq.SUB)
     sniff.setsockopt(zmq.LINGER, 0)

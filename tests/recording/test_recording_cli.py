@@ -17,11 +17,30 @@ import msgpack
 import numpy as np
 import pytest
 
-from common.protocol import Header, Kind, decode, encode, encode_result
-from common.publisher import Publisher
-from common.recording import read_records, segment_path
+from common.observe.metrics import StageMetrics
+from common.recording.format import read_records, segment_path
+from common.transport.outbox import Outbox
+from common.transport.sockets import SocketOptions
+from common.wire import (
+    AudioHeader,
+    Heartbeat,
+    HeartbeatState,
+    Kind,
+    Label,
+    Layout,
+    Result,
+    SampleFormat,
+    decode,
+    encode,
+    encode_audio,
+    topic_for,
+)
 from tests.conftest import ROOT, tcp
-from tests.recording.conftest import TWO_STREAMS, frames_of, read_all, soundbus
+from tests.recording.conftest import TWO_STREAMS, messages_of, read_all, soundbus
+
+
+def publisher(ctx, addr: str) -> Outbox:
+    return Outbox(ctx, [addr], SocketOptions(), StageMetrics("test"))
 
 
 def record_replay(
@@ -50,10 +69,16 @@ def record_replay(
     return records, rep
 
 
-def test_replayed_frames_are_byte_identical(procs, tmp_path: Path) -> None:
+def test_replayed_messages_are_byte_identical(procs, tmp_path: Path) -> None:
+    """A v1 recording replays as the v2 messages it stands for; recorded again (v2, one part per
+    record) and replayed again, every byte is kept."""
     original, _ = read_all(TWO_STREAMS)
+    assert all(len(r.frames) == 3 for r in original)  # the committed file is protocol v1
     replayed, _ = record_replay(procs, tmp_path, "--fast")
-    assert frames_of(replayed) == frames_of(original)
+    assert all(len(r.frames) == 1 for r in replayed)  # recorded as v2
+    assert messages_of(replayed) == messages_of(original)
+    again, _ = record_replay(procs, tmp_path, "--fast", src=tmp_path / "out0.sbrec")
+    assert messages_of(again) == messages_of(replayed)
 
 
 def test_replay_timing_follows_receive_times_scaled_by_speed(procs, tmp_path: Path) -> None:
@@ -76,21 +101,22 @@ def test_new_epoch_changes_only_the_epoch(procs, tmp_path: Path) -> None:
     replayed, _ = record_replay(procs, tmp_path, "--fast", "--new-epoch")
     assert len(replayed) == len(original)
     epochs = {}
-    for a, b in zip(original, replayed):
-        ha, hb = decode(a.frames).header, decode(b.frames).header
+    for a, b in zip(messages_of(original), messages_of(replayed)):
+        ma, mb = decode(a), decode(b)
+        ha, hb = ma.header, mb.header
         assert hb.epoch != ha.epoch
         assert epochs.setdefault(hb.stream, hb.epoch) == hb.epoch  # one new epoch per stream
         ha.epoch = hb.epoch
-        assert ha == hb and bytes(a.frames[2]) == bytes(b.frames[2]) and bytes(a.frames[0]) == bytes(b.frames[0])
+        assert ha == hb and bytes(ma.payload) == bytes(mb.payload)
     assert len(set(epochs.values())) == 2
 
 
 def test_stream_selection_on_replay_and_record(procs, tmp_path: Path) -> None:
     original, _ = read_all(TWO_STREAMS)
-    only16 = [f for f, r in zip(frames_of(original), original) if r.stream == "speech16"]
+    only16 = [m for m, r in zip(messages_of(original), original) if r.stream == "speech16"]
     by_replay, _ = record_replay(procs, tmp_path, "--fast", "--stream", "speech16")
     by_record, _ = record_replay(procs, tmp_path, "--fast", record_args=("--stream", "speech16"), count=74)
-    assert frames_of(by_replay) == only16 and frames_of(by_record) == only16
+    assert messages_of(by_replay) == only16 and messages_of(by_record) == only16
 
 
 def test_loop_replays_again_with_new_epochs(procs, tmp_path: Path) -> None:
@@ -104,7 +130,7 @@ def test_loop_replays_again_with_new_epochs(procs, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, rep.log()
         time.sleep(0.05)
     assert rep.stop() == 0 and rec.stop() == 0
-    headers = [decode(r.frames).header for r in read_all(out)[0]]
+    headers = [decode(m).header for m in messages_of(read_all(out)[0])]
     epochs = list(dict.fromkeys(h.epoch for h in headers))
     assert len(epochs) >= 3 and epochs[0] == headers[0].epoch
     assert [h.seq for h in headers[:74]] == [h.seq for h in headers[74:148]]
@@ -127,24 +153,30 @@ def test_kill_9_recorder_leaves_every_complete_record_readable(procs, tmp_path: 
     assert all(p.kind == "truncated" for p in problems) and len(problems) <= 1
     readable_end = records[-1].offset + records[-1].size
     assert readable_end + sum(p.length for p in problems) == size
-    for r in records:
-        decode(r.frames)  # every complete record is a valid message
+    for m in messages_of(records):
+        decode(m)  # every complete record is a valid message
+
+
+def raw_message(seq: int, fill: bytes) -> bytes:
+    h = AudioHeader(stream="s", epoch=1, seq=seq, t_capture_ns=1, rate=16000, channels=1, format=SampleFormat.S16,
+                    layout=Layout.INTERLEAVED, samples=4, offset=4 * seq)
+    return encode_audio(Kind.RAW, h, fill * 8)
 
 
 def test_sigterm_closes_the_file_cleanly_and_bad_messages_are_not_recorded(procs, tmp_path: Path, zctx) -> None:
     addr = tcp()
     out = tmp_path / "t.sbrec"
-    pub = Publisher(zctx, [addr])
-    rec = soundbus(procs, "record", "-o", str(out), "--input", addr)
+    pub = publisher(zctx, addr)
+    rec = soundbus(procs, "record", "-o", str(out), "--input", addr, "--fsync-s", "0.5")
     rec.wait_for("ready")
     assert pub.wait_for_subscriber(10)
-    h = Header(Kind.RAW, "s", epoch=1, seq=0, t_capture_ns=1, rate=16000, channels=1, frames=4)
-    good = [bytes(f) for f in encode(h, b"\0" * 8)]
+    good = raw_message(0, b"\0")
     pub.send(good)
-    pub.send([good[0], msgpack.packb({"v": 1, "k": "raw"}), good[2]])  # header fails validation
-    pub.send([good[0], good[1], b"\0" * 6])  # payload length does not match
-    h.seq = 1
-    good2 = [bytes(f) for f in encode(h, b"\1" * 8)]
+    topic = topic_for(Kind.RAW, "s")
+    bad_header = msgpack.packb({"v": 1, "k": "raw"})
+    pub.send(topic + b"\0\2" + len(bad_header).to_bytes(2, "little") + bad_header + b"\0" * 8)  # fails validation
+    pub.send(good[:-2])  # payload length does not match
+    good2 = raw_message(1, b"\1")
     pub.send(good2)
     deadline = time.monotonic() + 10
     while len(read_all(out)[0]) < 2:
@@ -153,8 +185,8 @@ def test_sigterm_closes_the_file_cleanly_and_bad_messages_are_not_recorded(procs
     assert rec.stop(signal.SIGTERM) == 0
     pub.close()
     records, problems = read_all(out)
-    assert frames_of(records) == [good, good2] and problems == []
-    assert "recorded 2 messages" in rec.log() and "payload_length=1" in rec.log()
+    assert messages_of(records) == [good, good2] and problems == []
+    assert "recorded 2 messages" in rec.log() and "payload_length=1" in rec.log() and "bad_field=1" in rec.log()
 
 
 def test_record_duration_and_rotation(procs, tmp_path: Path) -> None:
@@ -167,7 +199,7 @@ def test_record_duration_and_rotation(procs, tmp_path: Path) -> None:
     assert rec.wait(30) == 0, rec.log()  # --duration ends it on its own
     paths = [segment_path(out, i) for i in range(3)]
     assert all(p.exists() for p in paths) and not segment_path(out, 3).exists() and not out.exists()
-    assert frames_of(list(read_records(paths))) == frames_of(read_all(TWO_STREAMS)[0])
+    assert messages_of(list(read_records(paths))) == messages_of(read_all(TWO_STREAMS)[0])
 
 
 def info(procs, path: Path) -> dict:
@@ -179,7 +211,7 @@ def info(procs, path: Path) -> dict:
 
 def test_info_reports_streams_formats_durations_and_the_gap(procs) -> None:
     d = info(procs, TWO_STREAMS)
-    assert d["records"] == 124 and d["problems"] == [] and d["truncated_bytes"] == 0
+    assert d["records"] == 124 and d["v1_records"] == 124 and d["problems"] == [] and d["truncated_bytes"] == 0
     s = {x["stream"]: x for x in d["streams"]}
     assert s["room48"]["formats"] == ["48000 Hz 2 ch s16 interleaved"] and s["room48"]["messages"] == 50
     assert s["room48"]["audio_s"] == 1.0 and s["room48"]["gaps"] == 0
@@ -200,7 +232,7 @@ def test_info_and_replay_on_damaged_files(procs, tmp_path: Path) -> None:
     assert [(p["kind"], p["offset"]) for p in d["problems"]] == [("corrupt", victim.offset),
                                                                   ("truncated", original[-1].offset)]
     replayed, rep = record_replay(procs, tmp_path, "--fast", src=damaged)
-    assert frames_of(replayed) == [f for i, f in enumerate(frames_of(original)) if i not in (40, 123)]
+    assert messages_of(replayed) == [f for i, f in enumerate(messages_of(original)) if i not in (40, 123)]
     assert "corrupt at byte" in rep.log() and "truncated at byte" in rep.log()
 
 
@@ -210,7 +242,12 @@ def test_info_and_replay_on_damaged_files(procs, tmp_path: Path) -> None:
         (("info", "/nonexistent.sbrec"), "does not exist"),
         (("replay", str(ROOT / "pyproject.toml")), "not a soundbus recording"),
         (("export", str(TWO_STREAMS), "--stream", "nope", "-o", "/tmp/x.wav"), "no raw or tensor messages"),
-        (("replay", str(TWO_STREAMS), "--speed", "0"), "--speed must be positive"),
+        (("replay", str(TWO_STREAMS), "--speed", "0"), "--speed: 0 is outside"),
+        (("replay", str(TWO_STREAMS), "--speed", "nan"), "--speed: nan is outside"),
+        (("record", "-o", "/tmp/never.sbrec", "--duration", "inf"), "--duration: inf is outside"),
+        (("record", "-o", "/tmp/never.sbrec", "--rotate-mb", "nan"), "--rotate-mb: nan is outside"),
+        (("record", "-o", "/tmp/never.sbrec", "--input", "tcp://127.0.0.1:99999"), "port 99999 is outside"),
+        (("export", str(TWO_STREAMS), "--stream", "speech16", "-o", "/no/such/dir/x.wav"), "cannot create"),
     ],
 )
 def test_user_errors_exit_2_with_one_sentence(procs, args, words) -> None:
@@ -233,34 +270,38 @@ def test_record_refuses_to_overwrite(procs, tmp_path: Path) -> None:
 def test_tensors_results_and_heartbeats_record_and_replay_identically(procs, tmp_path: Path, zctx) -> None:
     addr = tcp()
     out = tmp_path / "kinds.sbrec"
-    pub = Publisher(zctx, [addr])
+    pub = publisher(zctx, addr)
     rec = soundbus(procs, "record", "-o", str(out), "--input", addr, "--kind", "tensor", "--kind", "result",
                    "--kind", "hb")
     rec.wait_for("ready")
     assert pub.wait_for_subscriber(10)
     sent = []
     for seq in range(3):
-        t = Header(Kind.TENSOR, "m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, channels=1, format="f32",
-                   layout="planar", frames=512, offset=512 * seq)
-        r = Header(Kind.RESULT, "m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, model="vad")
-        hb = Header(Kind.HEARTBEAT, "m", epoch=2, seq=seq, t_capture_ns=seq)
-        raw = Header(Kind.RAW, "m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, channels=1, frames=2)
-        for frames, keep in ((encode(t, np.full((1, 512), seq, np.float32)), True),
-                             (encode_result(r, {"speech": 0.5 * seq}), True), (encode(hb), True),
-                             (encode(raw, b"\0" * 4), False)):  # raw was not asked for
-            frames = [bytes(f) for f in frames]
-            pub.send(frames)
+        t = AudioHeader(stream="m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, channels=1,
+                        format=SampleFormat.F32, layout=Layout.PLANAR, samples=512, offset=512 * seq)
+        r = Result(stream="m", model="vad", epoch=2, seq=seq, start_ns=seq, end_ns=seq + 32_000_000,
+                   offset=512 * seq, rate=16000, seq_first=seq, seq_last=seq, labels=[Label("speech", 0.5 * seq)])
+        hb = Heartbeat(stream="m", epoch=2, next_seq=seq, next_offset=0, t_ns=seq, rate=16000, channels=1,
+                       format=SampleFormat.S16, state=HeartbeatState.RUNNING)
+        raw = AudioHeader(stream="m", epoch=2, seq=seq, t_capture_ns=seq, rate=16000, channels=1,
+                          format=SampleFormat.S16, layout=Layout.INTERLEAVED, samples=2, offset=2 * seq)
+        for data, keep in ((encode_audio(Kind.TENSOR, t, np.full((1, 512), seq, np.float32)), True),
+                           (encode(r), True), (encode(hb), True),
+                           (encode_audio(Kind.RAW, raw, b"\0" * 4), False)):  # raw was not asked for
+            pub.send(data)
             if keep:
-                sent.append(frames)
+                sent.append(data)
     deadline = time.monotonic() + 10
     while len(read_all(out)[0]) < len(sent):
         assert time.monotonic() < deadline, rec.log()
         time.sleep(0.05)
     assert rec.stop() == 0
     pub.close()
-    assert frames_of(read_all(out)[0]) == sent
+    assert messages_of(read_all(out)[0]) == sent
     d = info(procs, out)
     assert sorted((s["kind"], s["model"], s["messages"]) for s in d["streams"]) == [
         ("hb", "", 3), ("result", "vad", 3), ("tensor", "", 3)]
+    results = next(s for s in d["streams"] if s["kind"] == "result")
+    assert results["audio_s"] == pytest.approx(0.032 + 2e-9)  # the span the windows cover, not invented audio
     replayed, _ = record_replay(procs, tmp_path, "--fast", src=out)
-    assert frames_of(replayed) == sent
+    assert messages_of(replayed) == sent

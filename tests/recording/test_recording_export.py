@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.protocol import Header, Kind, decode, encode
-from common.recording import RecordingWriter
+from common.recording.format import RecordingWriter
+from common.wire import AudioHeader, Kind, Layout, SampleFormat, decode, encode_audio
 from tests.conftest import ROOT
 from tests.recording.conftest import TWO_STREAMS, read_all, soundbus
 
@@ -22,7 +22,7 @@ FRAMES, CHANNELS, RATE = 160, 2, 8000
 
 
 def samples(fmt: str) -> np.ndarray:
-    """(frames, channels) test signal in ``fmt``'s numpy dtype (s24 as (frames, channels, 3) bytes)."""
+    """(n, channels) test signal in ``fmt``'s numpy dtype (s24 as (n, channels, 3) bytes)."""
     if fmt in ("f32", "f64"):
         return RNG.uniform(-1, 1, (FRAMES, CHANNELS)).astype("<f4" if fmt == "f32" else "<f8")
     if fmt == "s24":
@@ -32,20 +32,24 @@ def samples(fmt: str) -> np.ndarray:
     return RNG.integers(info.min, info.max, (FRAMES, CHANNELS), dtype=dt, endpoint=True)
 
 
-def make_recording(path: Path, fmt: str, layout: str, messages: int, skip: int | None = None) -> np.ndarray:
-    """A recording of stream "x" (kind raw); returns the whole signal (frames, channels[, 3])."""
+def make_recording(path: Path, fmt: str, layout: str, messages: int, skip: int | None = None,
+                   offset_jump: int = 0) -> np.ndarray:
+    """A recording of stream "x" (kind raw); returns the whole signal (n, channels[, 3]).
+
+    ``offset_jump``: added to the offsets of the messages after the first (a damaged source)."""
     chunks = [samples(fmt) for _ in range(messages)]
     with RecordingWriter(path, {}) as w:
         for seq, c in enumerate(chunks):
             if seq == skip:
                 continue
             kind = Kind.TENSOR if fmt == "f32" and layout == "planar" else Kind.RAW
-            h = Header(kind, "x", epoch=5, seq=seq, t_capture_ns=seq, rate=RATE, channels=CHANNELS, format=fmt,
-                       layout=layout, frames=FRAMES, offset=seq * FRAMES)
+            h = AudioHeader(stream="x", epoch=5, seq=seq, t_capture_ns=seq, rate=RATE, channels=CHANNELS,
+                            format=SampleFormat(fmt), layout=Layout(layout), samples=FRAMES,
+                            offset=seq * FRAMES + (offset_jump if seq else 0))
             payload = np.ascontiguousarray(np.swapaxes(c, 0, 1) if layout == "planar" else c)
-            frames = encode(h, payload)
-            decode(frames)
-            w.write(frames, seq * 20_000_000)
+            data = encode_audio(kind, h, payload)
+            decode(data)
+            w.write([data], seq * 20_000_000)
     return np.concatenate(chunks)
 
 
@@ -96,6 +100,16 @@ def test_gap_is_filled_with_silence_unless_asked_not_to(procs, tmp_path: Path) -
     np.testing.assert_array_equal(joined, np.delete(signal, np.arange(2 * FRAMES, 3 * FRAMES), axis=0))
 
 
+def test_a_damaged_offset_does_not_fill_the_disk_with_silence(procs, tmp_path: Path) -> None:
+    """Offsets that jump by 2^33 once made export write silence until the disk was full."""
+    signal = make_recording(tmp_path / "r.sbrec", "s16", "interleaved", 3, offset_jump=2**33)
+    p = soundbus(procs, "export", str(tmp_path / "r.sbrec"), "--stream", "x", "-o", str(tmp_path / "j.wav"))
+    assert p.wait(30) == 0, p.log()
+    p.wait_for(r"not filled: over --max-fill-s 60")
+    with wave.open(str(tmp_path / "j.wav")) as w:
+        assert w.getnframes() == len(signal)
+
+
 def test_committed_recording_exports_its_speech(procs, tmp_path: Path) -> None:
     out = tmp_path / "room48.wav"
     p = soundbus(procs, "export", str(TWO_STREAMS), "--stream", "room48", "-o", str(out))
@@ -107,7 +121,7 @@ def test_committed_recording_exports_its_speech(procs, tmp_path: Path) -> None:
 
 
 def test_progress_shows_on_a_terminal_and_not_in_a_pipe(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "common.recording_cli", "export", str(TWO_STREAMS), "--stream", "room48", "-o"]
+    args = [sys.executable, "-m", "common.recording.cli", "export", str(TWO_STREAMS), "--stream", "room48", "-o"]
     master, slave = os.openpty()
     try:
         env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.recording import (
+from common.recording.format import (
     FILE_MAGIC,
     FORMAT_VERSION,
     RECORD_MARKER,

@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 import zmq
 
-from common.protocol import Flag, Kind, Message, encode_header, replace
+import msgspec
+import numpy as np
+
+from common.wire import Audio, Flag, Kind, Result, decode, encode_audio
 from tests.conftest import ALSA_SOUNDS, start, tcp
-from tests.recording.conftest import TWO_STREAMS, read_all, soundbus
+from tests.recording.conftest import TWO_STREAMS, V1_OUTPUTS, messages_of, read_all, soundbus
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +64,17 @@ def forward_when_subscribed(zctx: zmq.Context, upstream: str, downstream: str, s
     return forwarded
 
 
-def tensors(collector, expected_end_streams: int) -> list[Message]:
+def tensors(collector, expected_end_streams: int) -> list[Audio]:
     """Tensor messages until every stream has sent END (convert flushes its tail then)."""
     return collector.collect(
         lambda ms: sum(1 for m in ms if m.header.flags & Flag.END) >= expected_end_streams, timeout=30
     )
 
 
-def comparable(m: Message) -> tuple[bytes, list[str], bytes]:
-    """(header without per-hop times, hop names, payload): what must be identical between live and replay."""
-    return encode_header(replace(m.header, trace=[])), [h.stage for h in m.header.trace], bytes(m.payload)
+def comparable(m: Audio) -> tuple[bytes, list[str], bytes]:
+    """(message without per-hop times, hop names, payload): what must be identical between live and replay."""
+    return (encode_audio(m.kind, msgspec.structs.replace(m.header, trace=[]), m.payload),
+            [h.stage for h in m.header.trace], bytes(m.payload))
 
 
 def convert_into(procs, collector, raw_addr: str):
@@ -122,9 +126,64 @@ def test_committed_two_stream_recording_drives_convert(procs, collector) -> None
     rep = soundbus(procs, "replay", str(TWO_STREAMS), "--output", addr, "--fast")
     assert rep.wait(30) == 0, rep.log()
     out = tensors(col, 2)
-    by_stream = {s: [m for m in out if m.header.stream == s] for s in ("room48", "speech16")}
+    by_stream = {s: [m for m in out if m.stream == s] for s in ("room48", "speech16")}
     for s, ms in by_stream.items():
         assert ms and all(m.header.rate == 16000 and m.header.format == "f32" for m in ms), s
-        frames = sum(m.header.frames for m in ms)
+        frames = sum(m.header.samples for m in ms)
         assert abs(frames - {"room48": 16000, "speech16": 23681}[s]) <= 512, (s, frames)
     assert not col.bad
+
+
+def test_a_v1_recording_replays_into_the_v2_pipeline_as_v1_produced_it(procs, tmp_path: Path) -> None:
+    """tests/data/v1_two_streams_out.sbrec holds what the v1 pipeline (commit 1d0484b) made of
+    two_streams.sbrec: convert's tensors and vad's results. The v2 pipeline, fed the same v1
+    recording, makes byte-identical tensors and the same results for every window v1 classified,
+    plus the 12 windows of speech16 v1 dropped at the bridged gap (a v1 bug: windows waiting in
+    the buffer were discarded when a DISCONTINUITY arrived)."""
+    raw, tens, res = tcp(), tcp(), tcp()
+    out = tmp_path / "v2.sbrec"
+    rec = soundbus(procs, "record", "-o", str(out), "--input", tens, "--input", res, "--kind", "tensor",
+                   "--kind", "result")
+    cls = start(procs, "classify", "--model", "vad", "--input", tens, "--output", res, "--max-lag-ms", "0",
+                "--batch-wait-ms", "0")
+    cls.wait_for("ready", 60)
+    conv = start(procs, "convert", "--input", raw, "--output", tens)
+    conv.wait_for("ready")
+    rec.wait_for("input connected", count=2)
+    cls.wait_for("input connected")
+    rep = soundbus(procs, "replay", str(TWO_STREAMS), "--output", raw, "--fast")
+    assert rep.wait(60) == 0, rep.log()
+    deadline = time.monotonic() + 30
+    while True:  # 79 tensors and 67 + 12 results, the last of each stream final
+        got = [decode(m) for m in messages_of(read_all(out)[0])] if out.exists() else []
+        if sum(1 for m in got if isinstance(m, Result) and m.final) == 2:
+            break
+        assert time.monotonic() < deadline, f"{len(got)} messages\n{cls.log()}"
+        time.sleep(0.1)
+    assert rec.stop() == 0
+    v1 = [decode(m) for m in messages_of(read_all(V1_OUTPUTS)[0])]
+
+    def tensors_of(ms):
+        return {(m.stream, m.header.seq): m for m in ms if isinstance(m, Audio)}
+
+    t1, t2 = tensors_of(v1), tensors_of(got)
+    assert t1.keys() == t2.keys() and len(t1) == 79
+    for k, a in t1.items():
+        b = t2[k]
+        assert bytes(a.payload) == bytes(b.payload), k
+        ha, hb = a.header, b.header
+        assert (ha.offset, ha.t_capture_ns, ha.samples, ha.flags) == (hb.offset, hb.t_capture_ns, hb.samples,
+                                                                      hb.flags), k
+    assert t2[("speech16", 18)].header.lost == 320  # v2 also says what the bridge filled in (16 kHz in and out)
+
+    def results_of(ms):
+        return {(m.stream, m.offset): m for m in ms if isinstance(m, Result)}
+
+    r1, r2 = results_of(v1), results_of(got)
+    assert len(r1) == 67 and set(r1) <= set(r2)
+    extra = sorted(k for k in r2 if k not in r1)
+    assert extra == [("speech16", 512 * k) for k in range(6, 18)]
+    for k, a in r1.items():
+        b = r2[k]
+        assert (a.start_ns, a.end_ns) == (b.start_ns, b.end_ns), k
+        np.testing.assert_allclose([lbl.score for lbl in b.labels], [lbl.score for lbl in a.labels], atol=1e-5)

@@ -1,0 +1,5 @@
+"""python -m common.cli ARGS == soundbus ARGS."""
+
+from common.cli.main import main
+
+main()
