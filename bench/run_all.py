@@ -26,7 +26,7 @@ from typing import Any
 import benchlib as bl
 
 # Cheap ones first; the process-pipeline ones last. Unknown scripts run in between.
-ORDER = ["floor", "peers", "capture", "convert", "classify", "birdnet", "latency", "memory"]
+ORDER = ["floor", "peers", "capture", "convert", "classify", "birdnet", "latency", "memory", "wyoming"]
 QUICK_ARGS = {
     "floor": ["--count", "20000", "--repeat", "1"],
     "peers": ["--count", "10000", "--repeat", "1", "--paced-seconds", "3"],
@@ -38,6 +38,7 @@ QUICK_ARGS = {
     "birdnet": ["--windows", "8", "--streams", "2", "--seconds", "6"],
     "mqtt": ["--seconds", "5", "--warmup", "2"],
     "events": ["--seconds", "5", "--events", "60"],
+    "wyoming": ["--clients", "1,8", "--seconds", "15", "--warmup", "3"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
@@ -113,6 +114,10 @@ def headline(r: dict[str, Any]) -> str:
                     + (f"; low-latency config p99 {f(r['low_latency']['legs']['capture_to_result_beyond_window']['p99'])}"
                        f" ms, targets met {sum(r['low_latency']['targets_met'].values())}/"
                        f"{len(r['low_latency']['targets_met'])}" if r.get("low_latency") else ""))
+        if n == "wyoming":
+            return "; ".join(f"{row['server']} x{row['clients']}: {f(row['cpu_pct_per_satellite'])} % core/satellite, "
+                             f"p99 {f(row['latency_p99_ms'])} ms, {row['detected']}/{row['rounds']} detected"
+                             for row in r["rows"]) + (f"; goal met: {r['goal']['met']}" if r.get("goal") else "")
         if n == "memory":
             parts = []
             ps = r.get("per_stream")

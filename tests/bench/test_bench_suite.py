@@ -69,3 +69,15 @@ def test_run_all_reports_a_failing_bench():
     r = run_all.run_one("does_not_exist", [], timeout=30)
     assert "error" in r
     assert run_all.headline(r).startswith("FAILED")
+
+
+def test_wyoming_bench_runs_soundbus_end_to_end():
+    """bench_wyoming's soundbus side (the peer needs its own venv from PyPI: not in the test)."""
+    pytest.importorskip("openwakeword", reason="wakeword is an optional extra: pip install openwakeword==0.5.1")
+    pytest.importorskip("wyoming")
+    r = _run(str(BENCH / "bench_wyoming.py"), "--servers", "soundbus", "--clients", "2", "--seconds", "6",
+             "--warmup", "1", timeout=300)
+    (row,) = r["rows"]
+    assert row["server"] == "soundbus" and row["clients"] == 2 and row["client_errors"] == 0
+    assert row["detected"] >= 1 and row["cpu_pct_per_satellite"] > 0
+    assert set(row["cpu_pct_by_process"]) == {"classify", "convert", "wyoming_server"}
