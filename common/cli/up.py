@@ -117,8 +117,8 @@ def plan(cfg: boxconfig.BoxConfig, verbose: bool) -> Plan:
     tensor_at = {rate: f"{HOST}:{p + 1 + i}" for i, rate in enumerate(rates)}
     results = [f"{HOST}:{p + 1 + len(rates) + i}" for i in range(len(models))]
     stored = f"{HOST}:{p + 1 + len(rates) + len(models)}"
-    if p + 1 + len(rates) + len(models) > 65535:
-        raise UserError(f"--base-port {p} leaves no room for {len(rates) + len(models) + 2} ports; choose a lower one.")
+    if p + 4 + len(rates) + len(models) > 65535:
+        raise UserError(f"--base-port {p} leaves no room for {len(rates) + len(models) + 5} ports; choose a lower one.")
     inputs = [a for r in results for a in ("--input", r)]
     out = Plan()
 
@@ -174,12 +174,9 @@ def plan(cfg: boxconfig.BoxConfig, verbose: bool) -> Plan:
         out.classifiers.append(Child(f"classify-{model.partition(':')[0]}", argv, verbose))
 
     cv = cfg.convert
-    wyoming = f"{HOST}:{p + 2 + len(rates) + len(models)}" if cfg.wyoming is not None else None
     for rate, tensor in tensor_at.items():
         argv = _module("convert", "--input", raw, "--output", tensor, "--rate", str(rate), "--quality", cv.quality,
                        "--gap-fill-ms", str(cv.gap_fill_ms), "--batch-wait-ms", str(cv.batch_wait_ms))
-        if wyoming:
-            argv += ["--input", wyoming]
         name = "convert" if len(tensor_at) == 1 else f"convert-{rate // 1000}k"
         out.converters.append(Child(name, argv, verbose))
 
@@ -200,12 +197,18 @@ def plan(cfg: boxconfig.BoxConfig, verbose: bool) -> Plan:
     out.capture = Child("capture", argv, verbose)
 
     if cfg.wyoming is not None:
+        # Its own chain, so the other models never see the satellites' streams: wyoming publishes
+        # each connection's audio -> a 16 kHz convert cutting 80 ms chunks (one wake-word window
+        # each) -> the wakeword worker -> results back to wyoming.
         wy = cfg.wyoming
-        wake = [r for m, r in zip(models, results) if m.partition(":")[0] == "wakeword"]
-        if not wake:
-            raise UserError("the Wyoming service needs the wakeword model: add it, e.g. --model vad,wakeword.")
-        argv = _module("wyoming_server", "--uri", f"tcp://{wy.host}:{wy.port}", "--output", wyoming,
-                       "--input", wake[0])
+        w_raw, w_tensor, w_result = (f"{HOST}:{p + 2 + len(rates) + len(models) + i}" for i in range(3))
+        out.classifiers.append(Child("classify-wyoming", _module(
+            "classify", "--model", "wakeword", "--input", w_tensor, "--output", w_result,
+            "--batch-wait-ms", str(c.batch_wait_ms)), verbose))
+        out.converters.append(Child("convert-wyoming", _module(
+            "convert", "--input", w_raw, "--output", w_tensor, "--rate", "16000", "--chunk-samples", "1280"),
+            verbose))
+        argv = _module("wyoming_server", "--uri", f"tcp://{wy.host}:{wy.port}", "--output", w_raw, "--input", w_result)
         if wy.zeroconf:
             argv.append("--zeroconf")
         out.extra.append(Child("wyoming", argv, verbose))
@@ -366,7 +369,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--web", nargs="?", const="", metavar="HOST:PORT",
                    help="also serve the web view (default 127.0.0.1:8550; docs/web.md)")
     p.add_argument("--wyoming", type=int_in(1024, 65535), metavar="PORT",
-                   help="also serve wake words to Home Assistant over Wyoming on PORT (needs --model ...,wakeword)")
+                   help="also serve wake words to Home Assistant over Wyoming on PORT (needs the wakeword extra; "
+                   "docs/wyoming.md)")
     p.add_argument("--record", metavar="FILE", help="also record raw audio and results to FILE (strftime codes ok)")
     p.add_argument("--base-port", type=int_in(1024, 65000),
                    help="raw on PORT, tensors and results on the ports after it (default 5550)")
