@@ -104,7 +104,7 @@ def test_devices_lists_inputs_default_and_monitors(pulse):
     from tests.conftest import ROOT
 
     code = (
-        "from common.cli import run; from capture.cli import register; raise SystemExit(run(['devices'], [register]))"
+        "from common.cli.main import run; from capture.cli import register; raise SystemExit(run(['devices'], [register]))"
     )
     r = subprocess.run([sys.executable, "-c", code], env=pulse.env, cwd=ROOT, capture_output=True, text=True,
                        timeout=20)

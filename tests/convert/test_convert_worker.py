@@ -1,6 +1,6 @@
 """The convert stage's per-message logic (convert.worker.Converter) without sockets.
 
-Every output goes through common.protocol.decode, as a subscriber would see it.
+Every output goes through common.wire.decode, as a subscriber would see it.
 """
 
 from __future__ import annotations

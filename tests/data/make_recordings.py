@@ -3,7 +3,7 @@
     .venv/bin/python tests/data/make_recordings.py          # rewrite them
     .venv/bin/python tests/data/make_recordings.py --check  # exit 1 if they differ
 
-Messages are built with common.protocol directly (not with capture), so these files do
+Messages are built with common.wire.v1 (protocol v1) directly (not with capture), so these files do
 not change when capture does. What they hold is described in tests/data/README.md.
 """
 

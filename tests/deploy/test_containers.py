@@ -395,7 +395,7 @@ def host_pulse() -> Iterator[Pulse]:
 
 def make_keys(keys: Path, *names: str) -> None:
     for name in names:
-        subprocess.run([sys.executable, "-m", "common.net_cli", "keys", str(keys), name], cwd=ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "common.cli.net", "keys", str(keys), name], cwd=ROOT, check=True,
                        capture_output=True, timeout=60)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from common.cli import build_parser
+from common.cli.main import build_parser
 from tests.conftest import ROOT
 
 COMPOSE = shutil.which("docker-compose")

@@ -148,7 +148,7 @@ class Watch:
 
 
 def client_sub(ctx: zmq.Context, addr: str, opts: SocketOptions | None, prefixes: list[bytes]) -> zmq.Socket:
-    """A SUB in the test process made through common.sockets (so CURVE options are the stages' own)."""
+    """A SUB in the test process made through common.transport.sockets (so CURVE options are the stages' own)."""
     sock = open_socket(ctx, zmq.SUB, [addr], opts, default_bind=False)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p)

@@ -1,7 +1,7 @@
 """CURVE both ways: a peer without an allowed key neither receives nor injects anything.
 
 The broker is a real ``soundbus proxy`` process; the peers are real sockets made through
-common.sockets with the same options the stages use. Negative results are read only
+common.transport.sockets with the same options the stages use. Negative results are read only
 after the refusal was observed (the proxy's ZAP log line, or the client's handshake-failed
 monitor event) and after the allowed peers exchanged hundreds of messages since.
 """
