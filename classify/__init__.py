@@ -1,8 +1,14 @@
 """soundbus classify stage: tensors in, labelled time spans out.
 
 One worker process runs one model (``soundbus classify --model NAME``) over any number of
-streams: per-stream windows (classify.windows), one batched forward pass across the streams
-that have a window ready (classify.batching), onset/offset events with hysteresis
-(classify.events), results published on ``result/`` topics (classify.worker).
-``soundbus tail`` (classify.tail) prints them and needs no torch.
+streams. Map of the package:
+- ``worker``   ClassifyLogic: one wake-up's tensors -> each stream's slot -> batched model calls
+               -> Result messages; ``run`` puts it on the shared runtime
+- ``stream``   StreamSlot: one stream's continuity, windows, model state, events, losses
+- ``windows``  a stream's audio cut into windows with a hop, in audio time
+- ``batching`` one forward pass for many streams' windows, a failing window isolated
+- ``events``   onset/offset events with hysteresis
+- ``models/``  the model interface (base) and the built-in models
+- ``gate``     a speech decision confirmed by YAMNet (used by ``soundbus eval``)
+- ``tail``     ``soundbus tail``: what was heard, for people (no torch)
 """
