@@ -73,9 +73,17 @@ class Inbox:
         endpoints = list(endpoints)
         self.keep_bytes = keep_bytes  # receive() returns (message, its exact bytes) pairs (the recorder)
         self.metrics = metrics
-        self.sock = open_sub(ctx, endpoints, prefixes, opts)
         connects = [addr for bind, addr in (split_endpoint(e, False) for e in endpoints) if not bind]
-        self.links = LinkWatch(self.sock, "input", connects, metrics, curve=opts.curve is not None)
+
+        def watch(sock: zmq.Socket) -> None:  # before connecting: no handshake goes unseen
+            self.links = LinkWatch(sock, "input", connects, metrics, curve=opts.curve is not None)
+
+        try:
+            self.sock = open_sub(ctx, endpoints, prefixes, opts, before_links=watch)
+        except BaseException:
+            if hasattr(self, "links"):  # a bind that failed: the monitor must not hold ctx.term()
+                self.links.close()
+            raise
         self.poller = poller
         poller.watch(self.links.monitor, self.links.process)
         poller.watch(self.sock, lambda: None)

@@ -41,12 +41,20 @@ class Outbox:
     ) -> None:
         endpoints = list(endpoints)
         self.metrics = metrics
-        self.socket = open_socket(ctx, zmq.XPUB, endpoints, opts, default_bind=True)
-        # Every subscriber's subscriptions are passed up, not only new topics: ``joined`` counts them,
-        # so a source can wait for N subscribers (two converters of one capture, say).
-        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
         connects = [addr for bind, addr in (split_endpoint(e, True) for e in endpoints) if not bind]
-        self.links = LinkWatch(self.socket, "output", connects, metrics, curve=opts.curve is not None)
+
+        def prepare(sock: zmq.Socket) -> None:  # before bind/connect: no handshake goes unseen
+            # Every subscriber's subscriptions are passed up, not only new topics: ``joined`` counts
+            # them, so a source can wait for N subscribers (two converters of one capture, say).
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+            self.links = LinkWatch(sock, "output", connects, metrics, curve=opts.curve is not None)
+
+        try:
+            self.socket = open_socket(ctx, zmq.XPUB, endpoints, opts, default_bind=True, before_links=prepare)
+        except BaseException:
+            if hasattr(self, "links"):  # a bind that failed: the monitor must not hold ctx.term()
+                self.links.close()
+            raise
         self.nodrop = opts.nodrop
         self.linger_ms = opts.linger_ms
         self.subscriptions: set[bytes] = set()

@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import zmq
 
@@ -141,11 +141,13 @@ def open_socket(
     endpoints: Iterable[str],
     opts: SocketOptions | None = None,
     default_bind: bool | None = None,
+    before_links: Callable[[zmq.Socket], None] | None = None,
 ) -> zmq.Socket:
     """Create a socket, set every option, then bind/connect each endpoint.
 
     ``default_bind``: what an endpoint without ``@``/``>`` does; PUB/XPUB/XSUB bind,
-    SUB connects unless told otherwise.
+    SUB connects unless told otherwise. ``before_links(sock)`` runs before any bind or connect
+    (a socket monitor attached later can miss the first handshake).
     """
     opts = opts or SocketOptions()
     if default_bind is None:
@@ -157,6 +159,8 @@ def open_socket(
     try:
         any_bind = any(split_endpoint(e, default_bind)[0] for e in endpoints)
         _apply(sock, opts, any_bind, endpoints)
+        if before_links is not None:
+            before_links(sock)
         for e in endpoints:
             bind, addr = split_endpoint(e, default_bind)
             if bind:
@@ -185,9 +189,10 @@ def open_sub(
     endpoints: Iterable[str],
     prefixes: Iterable[bytes],
     opts: SocketOptions | None = None,
+    before_links: Callable[[zmq.Socket], None] | None = None,
 ) -> zmq.Socket:
     """A subscriber to ``prefixes`` (filtered at the publisher); connects by default."""
-    sock = open_socket(ctx, zmq.SUB, endpoints, opts, default_bind=False)
+    sock = open_socket(ctx, zmq.SUB, endpoints, opts, default_bind=False, before_links=before_links)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p)
     return sock
