@@ -282,3 +282,23 @@ def test_runtime_pauses_a_nodrop_output_instead_of_dropping(zctx) -> None:
         t.join(60)
     sub.close(0)
     assert len(got) == 3000 and got == sent_by_logic[:3000]
+
+
+def test_health_of_a_source_stage_follows_what_it_publishes(tmp_path) -> None:
+    """Capture and replay have no bus input: publishing is their sign of life (a stalled device is not ok)."""
+    import json
+
+    from common.runtime.stage import HealthFile
+
+    path = tmp_path / "capture.health"
+    metrics = StageMetrics("capture")
+    health = HealthFile(path, "capture", idle_s=0.2)
+    health.write(None, metrics)
+    assert json.loads(path.read_text())["ok"]
+    time.sleep(0.3)
+    metrics.frame_out("mic")
+    health.write(None, metrics)
+    assert json.loads(path.read_text())["ok"], "published within idle_s: healthy"
+    time.sleep(0.3)
+    health.write(None, metrics)
+    assert not json.loads(path.read_text())["ok"], "nothing published for longer than idle_s"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.cli.main import add_stage_options, socket_options, stage_metrics, verbosity
 from common.errors import UserError
-from common.runtime.stage import StopFlag, setup_logging
+from common.runtime.stage import HealthFile, StopFlag, setup_logging
 from common.transport.sockets import DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, check_endpoint
 
 
@@ -71,7 +71,9 @@ def _proxy(args: argparse.Namespace) -> int:
         raise UserError("the proxy binds both sides, so CURVE needs --curve-allow DIR of client .key files.")
     stop = StopFlag()
     metrics = stage_metrics(args, "proxy")
-    return serve(args.frontend or [DEFAULT_PROXY_IN], args.backend or [DEFAULT_PROXY_OUT], opts, metrics, stop)
+    health = HealthFile(args.health_file, "proxy") if args.health_file else None
+    return serve(args.frontend or [DEFAULT_PROXY_IN], args.backend or [DEFAULT_PROXY_OUT], opts, metrics, stop,
+                 health=health)
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -137,13 +137,16 @@ class RecordLogic:
                 raise UserError(f"cannot write {self.writer.current.path} ({e.strerror}); the file holds "
                                 "everything up to now: free some space or record elsewhere.") from None
             topic = data[: data.index(b"\0")].decode()
-            cursor = self.cursors.admit(topic, SeqCursor)
+            cursor = self.cursors.admit(topic, SeqCursor)  # None past --max-streams: written, not tracked
+            if cursor is None:
+                continue
             stream = message_stream(msg)
-            if cursor is not None:
-                _, missing = cursor.check(_epoch(msg), _seq(msg))
+            self.metrics.frame_in(stream)
+            seq = _seq(msg)
+            if seq is not None:
+                _, missing = cursor.check(_epoch(msg), seq)
                 if missing:
                     self.metrics.gap(stream, missing)
-                self.metrics.frame_in(stream)
         return self.tick(now)
 
     def tick(self, now: Now) -> list[bytes]:
@@ -170,14 +173,18 @@ def _epoch(msg: Any) -> int:
     return msg.header.epoch if isinstance(msg, Audio) else getattr(msg, "epoch", 0)
 
 
-def _seq(msg: Any) -> int:
+def _seq(msg: Any) -> int | None:
+    """The message's place in its topic's sequence; None for kinds without one (a heartbeat repeats
+    the next audio seq, stored events are numbered per store, not per topic): no gaps are counted for them."""
     if isinstance(msg, Audio):
         return msg.header.seq
-    return getattr(msg, "seq", getattr(msg, "next_seq", getattr(msg, "id", 0)))
+    return getattr(msg, "seq", None)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     setup_logging(verbosity(args))
+    # strftime codes make a new name per start, so a restarted recorder (a container) never meets its old file.
+    args.file = time.strftime(args.file, time.gmtime())
     kinds = args.kind or ALL_KINDS
     streams: list[str | None] = list(args.stream) if args.stream else [None]
     prefixes = sorted({topic_for(k, s) for k in kinds for s in streams})
@@ -470,7 +477,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("record", help="record wire messages (exact bytes, receive times) to a file")
-    p.add_argument("-o", "--file", required=True, metavar="FILE", help="recording to create (see --force)")
+    p.add_argument(
+        "-o", "--file", required=True, metavar="FILE",
+        help="recording to create (see --force); strftime codes are filled in (UTC) at start, e.g. "
+        "rec-%%Y%%m%%dT%%H%%M%%SZ.sbrec for a new file per start ('%%%%' for a literal %%)",
+    )
     p.add_argument("--kind", action="append", choices=ALL_KINDS, help="kind to record; repeat (default: all)")
     p.add_argument("--stream", action="append", metavar="S", help="stream id to record; repeat (default: all)")
     p.add_argument("--duration", type=float_in(0.001, 365 * 86400, "s"), metavar="S",

@@ -121,7 +121,7 @@ class HealthFile:
     """Rewrites ``path`` about once a second with the stage's health (``soundbus health`` reads it).
 
     Healthy: the input has a connected peer (stages with a bus input) and a message arrived
-    within ``idle_s``; a source stage (no bus input) is healthy while it runs.
+    within ``idle_s``; a source stage (no bus input: capture, replay) while it publishes.
     """
 
     def __init__(self, path: Path, stage: str, idle_s: float = 30.0) -> None:
@@ -131,7 +131,8 @@ class HealthFile:
 
     def write(self, inp: Any, metrics: StageMetrics) -> None:
         now = time.monotonic()
-        count = getattr(inp, "received", 0)
+        # a source stage's sign of life is what it publishes (a stalled device, a paused replay)
+        count = metrics.total_out if inp is None else getattr(inp, "received", 0)
         if count != self.last_count:
             self.last_count, self.last_change = count, now
         connected = getattr(inp, "connected", None)
@@ -146,6 +147,10 @@ class HealthFile:
             "bad": sum(metrics.bad.values()),
             "t": time.time(),
         }
+        self.store(status)
+
+    def store(self, status: dict[str, Any]) -> None:
+        """Replace the file with ``status`` atomically (a reader never sees half a file)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             tmp.write_text(json.dumps(status))

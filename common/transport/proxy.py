@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import zmq
 
 from common.observe.metrics import StageMetrics
-from common.runtime.stage import StopFlag
+from common.runtime.stage import HealthFile, StopFlag
 from common.transport.sockets import SocketOptions, open_socket
 
 log = logging.getLogger("proxy")
@@ -140,8 +140,10 @@ def serve(
     metrics: StageMetrics,
     stop: StopFlag,
     stats_every_s: float = 10.0,
+    health: HealthFile | None = None,
 ) -> int:
-    """Run a proxy until ``stop`` is set; logs ``ready`` and a counter line every ``stats_every_s``."""
+    """Run a proxy until ``stop`` is set; logs ``ready`` and a counter line every ``stats_every_s``;
+    rewrites ``health`` about once a second (healthy while libzmq's proxy thread forwards)."""
     ctx = zmq.Context()
     try:
         proxy = Proxy(ctx, frontend, backend, opts)
@@ -150,8 +152,13 @@ def serve(
         log.info("ready")
         last = ProxyStats()
         next_stats = time.monotonic() + stats_every_s
+        next_health = 0.0
         while not stop and proxy.running:
             stop.wait(0.2)
+            if health is not None and time.monotonic() >= next_health:
+                next_health = time.monotonic() + 1.0
+                health.store({"stage": "proxy", "ok": proxy.running, "forwarded_parts": last.backend_msgs_out,
+                              "t": time.time()})
             if time.monotonic() >= next_stats:
                 next_stats += stats_every_s
                 s = proxy.stats()

@@ -178,3 +178,16 @@ def test_brokered_shards_own_disjoint_streams_and_a_new_capture_box_needs_no_cha
     start(procs, "capture", *[a for s in late for a in ("--source", f"synth:tone#{s}")], "--output", ">" + fe)
     until(first + late, 20)
     assert set(seen) == set(first + late)
+
+
+def test_proxy_writes_its_health_file_for_container_checks(procs, tmp_path) -> None:
+    health = tmp_path / "proxy.health"
+    proxy = start_proxy(procs, "--frontend", tcp(), "--backend", tcp(), "--health-file", str(health))
+    proxy.wait_for("ready")
+    deadline = time.monotonic() + 20
+    while not health.exists():
+        assert time.monotonic() < deadline, f"no health file:\n{proxy.log()}"
+        time.sleep(0.1)
+    check = start(procs, "common.cli.net", "health", str(health))
+    assert check.wait(30) == 0, check.log()
+    assert proxy.stop() == 0, proxy.log()
