@@ -17,7 +17,7 @@ from common.runtime.streams import Continuity, SeqCursor, StreamTable
 from common.transport.inbox import Inbox, Poller
 from common.transport.outbox import Outbox
 from common.transport.sockets import SocketOptions
-from common.wire import AudioHeader, Flag, Kind, Layout, SampleFormat, encode_audio, topic_for
+from common.wire import AudioHeader, Flag, Kind, Layout, Result, SampleFormat, encode, encode_audio, topic_for
 from tests.conftest import tcp
 
 
@@ -27,10 +27,11 @@ def _raw(stream: str, seq: int, flags: int = 0, samples: int = 2) -> bytes:
     return encode_audio(Kind.RAW, h, b"\0" * (2 * samples))
 
 
-def _pair(zctx: zmq.Context, watchdog_s: float, opts: SocketOptions | None = None) -> tuple[Outbox, Inbox]:
+def _pair(zctx: zmq.Context, watchdog_s: float, opts: SocketOptions | None = None,
+          prefixes: tuple[bytes, ...] = (b"raw/",)) -> tuple[Outbox, Inbox]:
     addr = tcp()
     pub = Outbox(zctx, ["@" + addr], SocketOptions(), StageMetrics("pub"))
-    rx = Inbox(zctx, [addr], [b"raw/"], opts or SocketOptions(), StageMetrics("test"), Poller(), watchdog_s)
+    rx = Inbox(zctx, [addr], prefixes, opts or SocketOptions(), StageMetrics("test"), Poller(), watchdog_s)
     assert pub.wait_for_subscriber(10)
     return pub, rx
 
@@ -66,14 +67,17 @@ def test_inbox_hands_over_everything_queued_as_one_batch(zctx) -> None:
 
 
 def test_watchdog_reports_a_silent_stream_once_and_its_return(zctx, caplog) -> None:
-    pub, rx = _pair(zctx, watchdog_s=1.0)
+    pub, rx = _pair(zctx, watchdog_s=1.0, prefixes=(b"raw/", topic_for(Kind.RESULT)))
     caplog.set_level(logging.INFO, logger="soundbus.inbox")
     for seq in range(3):
         pub.send(_raw("quiet", seq))
         pub.send(_raw("ends", seq, Flag.END if seq == 2 else 0))
-    assert len(_recv_for(rx, 2.6)) == 6
+        pub.send(encode(Result(stream="done", model="vad", epoch=1, seq=seq, start_ns=0, end_ns=1, offset=0,
+                               rate=16000, seq_first=0, seq_last=0, labels=[], flags=Flag.END if seq == 2 else 0)))
+    assert len(_recv_for(rx, 2.6)) == 9
     warnings = [r.getMessage() for r in caplog.records if "no messages for" in r.getMessage()]
-    assert len(warnings) == 1 and "stream quiet" in warnings[0], warnings  # "ends" ended with END: not silent
+    # "ends" and "done" ended with END (audio, a result): not silent
+    assert len(warnings) == 1 and "stream quiet" in warnings[0], warnings
     assert rx.metrics.events["silent_stream"] == 1
     pub.send(_raw("quiet", 3))
     assert len(_recv_for(rx, 0.5)) == 1

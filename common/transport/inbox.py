@@ -22,12 +22,13 @@ from common.observe.ratelog import RateLimitedLog
 from common.transport.links import LinkWatch
 from common.transport.sockets import SocketOptions, open_sub, split_endpoint
 from common.wire.codec import Audio, Message, ProtocolError, decode, decode_parts
-from common.wire.messages import Flag
+from common.wire.messages import Flag, HeartbeatState
 
 log = logging.getLogger("soundbus.inbox")
 
 MAX_BATCH = 4096  # messages handed to a stage per wake-up (bounds one turn's latency and memory)
 MAX_WATCHED = 8192  # streams the silence watchdog remembers
+_ENDED = (HeartbeatState.ENDED, HeartbeatState.FAILED)
 
 
 class Poller:
@@ -143,8 +144,11 @@ class Inbox:
                 continue
             out.append((msg, frame.bytes) if self.keep_bytes else msg)
             self.received += 1
-            stream = msg.header.stream if type(msg) is Audio else msg.stream
-            if type(msg) is Audio and msg.header.flags & Flag.END:
+            if type(msg) is Audio:
+                stream, ended = msg.header.stream, msg.header.flags & Flag.END
+            else:  # a Result carries END too; a heartbeat says ENDED/FAILED; stored events have no end
+                stream, ended = msg.stream, getattr(msg, "flags", 0) & Flag.END or getattr(msg, "state", None) in _ENDED
+            if ended:
                 last_seen.pop(stream, None)  # ended on purpose: not a silent producer
             else:
                 if stream not in last_seen and len(last_seen) >= MAX_WATCHED:
