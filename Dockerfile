@@ -49,7 +49,7 @@ COPY . /tmp/src
 # user, so a fresh volume mounted there is writable.
 RUN pip install --no-deps /tmp/src && rm -rf /tmp/src \
  && mkdir -p /usr/share/soundbus \
- && ln -s "$(python3 -c 'import common.cli.up; print(common.cli.up.DEMO_RECORDING)')" /usr/share/soundbus/demo.wav \
+ && ln -s "$(python3 -c 'import box.up; print(box.up.DEMO_RECORDING)')" /usr/share/soundbus/demo.wav \
  && install -d -o soundbus -g soundbus /recordings
 USER soundbus
 WORKDIR /home/soundbus
@@ -77,7 +77,7 @@ ENV XDG_CACHE_HOME=/var/cache/soundbus
 COPY . /tmp/src
 RUN pip install --no-deps /tmp/src && rm -rf /tmp/src \
  && mkdir -p /usr/share/soundbus \
- && ln -s "$(python3 -c 'import common.cli.up; print(common.cli.up.DEMO_RECORDING)')" /usr/share/soundbus/demo.wav \
+ && ln -s "$(python3 -c 'import box.up; print(box.up.DEMO_RECORDING)')" /usr/share/soundbus/demo.wav \
  && install -d -o soundbus -g soundbus /recordings \
  && python3 -c 'from classify.models.yamnet import unpack_model; unpack_model()' \
  && chmod -R a+rX "$XDG_CACHE_HOME"

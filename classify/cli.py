@@ -45,15 +45,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float_in(0, 3_600_000, "ms"),
         default=1000.0,
         metavar="MS",
-        help="drop (and count) windows whose audio ended longer ago than this, by the wall clock and "
-        "behind the stream's newest audio, instead of serving stale results; 0: never (default 1000)",
+        help="drop (and count) windows that are this much later than the stream's usual delivery delay "
+        "(now - window end - the smallest delay seen; a clock offset between boxes cancels out), instead "
+        "of serving stale results after a stall; 0: never (default 1000)",
     )
     p.add_argument(
         "--threshold",
         action="append",
         default=[],
         metavar="[LABEL=]ON[:OFF]",
-        help="event thresholds with hysteresis, e.g. 0.6:0.4 or speech=0.7:0.5 (repeatable; default per model)",
+        help="event thresholds with hysteresis, e.g. 0.6:0.4 or speech=0.7:0.5 (repeatable; default per model); "
+        "a LABEL the model does not have is an error",
+    )
+    p.add_argument(
+        "--skip-unknown-thresholds",
+        action="store_true",
+        help="skip a --threshold whose LABEL this model does not have instead of refusing to start "
+        "(soundbus up gives every model the same list)",
     )
     p.add_argument(
         "--idle-s",
@@ -76,17 +84,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="torch/onnx threads (default 1: scale by processes)")
     p.set_defaults(func=run_classify)
 
-    t = sub.add_parser(
-        "tail",
-        help="print classification results as they arrive",
-        description="Show results: a live view on a terminal; otherwise label starts and spans, gaps and a "
-        "summary per stream (--every-window: every result); JSON lines with --json.",
-    )
-    add_stage_options(t, inputs=DEFAULT_RESULT, outputs=None)
-    from classify.tail import register_flags
+    from classify import tail  # its own module and subcommand; registered with classify's
 
-    register_flags(t)
-    t.set_defaults(func=run_tail)
+    tail.register(sub)
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -121,6 +121,7 @@ def run_classify(args: argparse.Namespace) -> int:
     cfg = WorkerConfig(
         max_lag_ms=args.max_lag_ms,
         thresholds=thresholds,
+        skip_unknown_thresholds=args.skip_unknown_thresholds,
         top_k=args.top_k,
         idle_s=args.idle_s,
         batch_wait_ms=args.batch_wait_ms,
@@ -143,9 +144,3 @@ def _set_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, n))
-
-
-def run_tail(args: argparse.Namespace) -> int:
-    from classify.tail import run
-
-    return run(args)

@@ -10,9 +10,13 @@ One EventTracker per stream.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from common.wire.messages import Event
+
+log = logging.getLogger("soundbus.classify")
 
 
 def parse_threshold(text: str) -> tuple[str, float, float]:
@@ -29,21 +33,28 @@ def parse_threshold(text: str) -> tuple[str, float, float]:
 
 
 def threshold_arrays(
-    labels: tuple[str, ...], defaults: dict[str, tuple[float, float]], overrides: list[tuple[str, float, float]]
+    labels: tuple[str, ...],
+    defaults: dict[str, tuple[float, float]],
+    overrides: list[tuple[str, float, float]],
+    skip_unknown: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(on, off) per label, float32 (labels,): overrides beat the model's defaults; '*' means every label.
 
-    A label with no threshold gets on = +inf (never fires).
+    A label with no threshold gets on = +inf (never fires). An override for a label the model
+    does not have is a ValueError (a typo), or skipped with ``skip_unknown`` (``soundbus up``
+    hands one threshold list to several models).
     """
     on = np.full(len(labels), np.inf, dtype=np.float32)
     off = np.full(len(labels), np.inf, dtype=np.float32)
     index = {name: i for i, name in enumerate(labels)}
-    for table in (list(defaults.items()), [(lbl, (a, b)) for lbl, a, b in overrides]):
+    for table, is_override in ((list(defaults.items()), False), ([(lbl, (a, b)) for lbl, a, b in overrides], True)):
         for label, (a, b) in table:
             if label == "*":
                 on[:], off[:] = a, b
             elif label in index:
                 on[index[label]], off[index[label]] = a, b
+            elif is_override and skip_unknown:
+                log.info("threshold for %r skipped: this model has no such label", label)
             else:
                 raise ValueError(f"threshold for unknown label {label!r}; the model's labels start {labels[:5]}")
     return on, off

@@ -27,10 +27,11 @@ from typing import Any, TextIO
 
 import msgspec
 
-from common.cli.main import float_in, inputs_of, socket_options, stage_metrics, verbosity
+from common.cli.main import add_stage_options, float_in, inputs_of, socket_options, stage_metrics, verbosity
 from common.observe.metrics import StageMetrics
 from common.runtime.stage import Now, Runtime, StopFlag, setup_logging
 from common.runtime.streams import Continuity, SeqCursor, StreamTable
+from common.transport.sockets import DEFAULT_RESULT
 from common.wire.messages import Flag, Result
 from common.wire.topics import Kind, topic_for
 
@@ -300,7 +301,20 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def register_flags(t: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``tail`` subcommand."""
+    t = sub.add_parser(
+        "tail",
+        help="print classification results as they arrive",
+        description="Show results: a live view on a terminal; otherwise label starts and spans, gaps and a "
+        "summary per stream (--every-window: every result); JSON lines with --json.",
+    )
+    add_stage_options(t, inputs=DEFAULT_RESULT, outputs=None)
+    _flags(t)
+    t.set_defaults(func=run)
+
+
+def _flags(t: argparse.ArgumentParser) -> None:
     """tail's own flags (the shared ones come from common.cli.main.add_stage_options)."""
     t.add_argument("--json", action="store_true", help="one JSON object per result per line")
     t.add_argument("--every-window", action="store_true", help="one plain line per result (every model window)")
@@ -313,7 +327,6 @@ def register_flags(t: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":  # python -m classify.tail ARGS == soundbus tail ARGS
-    from classify.cli import register
     from common.cli.main import standalone
 
     standalone(register, "tail")

@@ -57,6 +57,7 @@ class WorkerConfig:
 
     max_lag_ms: float = 1000.0  # windows ending longer ago than this are shed, not classified (0: never)
     thresholds: list[tuple[str, float, float]] = field(default_factory=list)
+    skip_unknown_thresholds: bool = False  # a threshold for a label this model lacks is skipped, not an error
     top_k: int | None = None
     idle_s: float = 5.0  # a stream silent this long is flushed like an END (0: never)
     batch_wait_ms: float = 5.0  # a ready window waits at most this long for other streams' windows (0: never)
@@ -71,7 +72,8 @@ class ClassifyLogic:
         spec = model.spec
         self.spec = spec
         self.top_k = min(cfg.top_k or spec.top_k, len(spec.labels))
-        self.on, self.off = threshold_arrays(spec.labels, spec.thresholds, cfg.thresholds)
+        self.on, self.off = threshold_arrays(spec.labels, spec.thresholds, cfg.thresholds,
+                                           cfg.skip_unknown_thresholds)
         self.max_lag_ns = int(cfg.max_lag_ms * 1_000_000)
         self.buffer_samples = spec.window + spec.hop + int(max(cfg.max_lag_ms / 1000, MIN_BUFFER_S) * spec.rate)
         self.slots: StreamTable[StreamSlot] = StreamTable(cfg.max_streams, metrics)

@@ -66,6 +66,9 @@ def _proxy(args: argparse.Namespace) -> int:
     setup_logging(verbosity(args))
     opts = socket_options(args)
     for addr in (args.frontend or []) + (args.backend or []):
+        if addr.startswith(">"):
+            raise UserError(f"the proxy binds both sides, so {addr!r} cannot connect; give the address it "
+                            f"listens on ({addr[1:]}) and let publishers and subscribers connect to it.")
         check_endpoint(addr.lstrip("@"), bind=True)
     if opts.curve is not None and opts.curve.allow_dir is None:
         raise UserError("the proxy binds both sides, so CURVE needs --curve-allow DIR of client .key files.")

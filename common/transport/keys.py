@@ -21,8 +21,8 @@ import asyncio
 import inspect
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
@@ -31,10 +31,22 @@ from common.errors import UserError
 from zmq.auth.base import Authenticator
 from zmq.utils import z85
 
-if TYPE_CHECKING:
-    from common.transport.sockets import CurveConfig
-
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CurveConfig:
+    """CURVE keys for one socket. Servers (binders) authenticate clients against ``allow``.
+
+    ``secret_file``: this side's ``.key_secret`` file (from ``soundbus keys``).
+    ``server_public_file``: for a connecting socket, the public key of the side it connects to.
+    ``allow_dir``: for a binding socket, a directory of client ``.key`` files allowed in.
+    """
+
+    secret_file: Path
+    server_public_file: Path | None = None
+    allow_dir: Path | None = None
+
 
 _lock = threading.Lock()
 _threads: dict[int, ZapThread] = {}  # id(context) -> its ZAP handler (checked against the context itself)

@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 import zmq
 
 from common.errors import UserError
+from common.transport.keys import CurveConfig, apply_curve
 from common.wire.codec import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -55,20 +56,6 @@ class SocketOptions:
     # Publishers only: refuse a send (zmq.Again) instead of dropping when a subscriber's queue is
     # full. For sources that can wait (files with --fast, replay) so nothing is lost.
     nodrop: bool = False
-
-
-@dataclass
-class CurveConfig:
-    """CURVE keys for one socket. Servers (binders) authenticate clients against ``allow``.
-
-    ``secret_file``: this side's ``.key_secret`` file (from ``soundbus keys``).
-    ``server_public_file``: for a connecting socket, the public key of the side it connects to.
-    ``allow_dir``: for a binding socket, a directory of client ``.key`` files allowed in.
-    """
-
-    secret_file: Path
-    server_public_file: Path | None = None
-    allow_dir: Path | None = None
 
 
 MAX_HWM = 1_000_000  # messages per peer; each may hold up to 16 MiB
@@ -124,8 +111,6 @@ def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool, endpoints: list
 def _apply_curve(sock: zmq.Socket, curve: CurveConfig, binding: bool, endpoints: list[str]) -> None:
     """CURVE per direction: a bound socket is a server if an allow list is given, a connecting
     one a client if the server's key is given; otherwise it stays plain (e.g. a loopback hop)."""
-    from common.transport.keys import apply_curve
-
     if (curve.allow_dir if binding else curve.server_public_file) is not None:
         apply_curve(sock, curve, server=binding)
         return

@@ -28,7 +28,7 @@ from msgspec import Meta, Struct
 
 from common.errors import UserError
 
-Port = Annotated[int, Meta(ge=1024, le=65000)]
+Port = Annotated[int, Meta(ge=1024, le=65535)]
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
@@ -92,7 +92,7 @@ class Events(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True
     dir: Text
     clip_format: Literal["flac", "wav", "opus"] = "flac"
     max_age_days: Annotated[float, Meta(gt=0, le=36500)] | None = None
-    max_size_mb: Annotated[float, Meta(gt=0, le=10_000_000)] | None = None
+    max_size_mb: Annotated[float, Meta(ge=1, le=10_000_000)] | None = None
 
 
 class Web(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
@@ -114,7 +114,7 @@ class Network(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=Tru
     """Addresses of the pipeline's own links, on this machine: raw on ``base_port``, then tensors
     (one port per sample rate), then results (one per model), then stored events."""
 
-    base_port: Port = 5550
+    base_port: Annotated[int, Meta(ge=1024, le=65000)] = 5550  # room for the ports after it
 
 
 class BoxConfig(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
@@ -159,24 +159,38 @@ def load(path: Path) -> BoxConfig:
 
 
 def dump(cfg: BoxConfig) -> str:
-    """The configuration as YAML (what ``--print-config`` shows)."""
-    full = msgspec.to_builtins(cfg)
-    return msgspec.yaml.encode(full).decode()
+    """The configuration as YAML, every key with its value, defaults included (what ``--print-config``
+    shows: the whole box, not only what the file changed)."""
+    return msgspec.yaml.encode(_full(cfg)).decode()
+
+
+def _full(value: object) -> object:
+    """Builtins of ``value`` with defaults kept (to_builtins drops them: the Structs omit_defaults)."""
+    if isinstance(value, Struct):
+        return {f.encode_name: _full(getattr(value, f.name)) for f in msgspec.structs.fields(value)}
+    if isinstance(value, list):
+        return [_full(v) for v in value]
+    return value
 
 
 def _path_of(message: str) -> list[str | int]:
     """``... - at `$.classify.models[1]``` -> ["classify", "models", 1]."""
     m = re.search(r"at `\$(.*)`", message)
-    if not m:
-        return []
     out: list[str | int] = []
-    for key, index in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]", m.group(1)):
+    for key, index in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]", m.group(1) if m else ""):
         out.append(int(index) if index else key)
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown:  # the key itself is the mistake: point at its line
+        out.append(unknown.group(1))
     return out
 
 
 def _plain(message: str) -> str:
     """msgspec's message with the path written as keys (``classify.models[1]``)."""
+    unknown = re.match(r"Object contains unknown field `([^`]*)`(?: - at `\$\.?(.*)`)?", message)
+    if unknown:
+        key = ".".join(k for k in (unknown.group(2), unknown.group(1)) if k)
+        return f"{key}: no such key (docs/config.md lists every key)"
     m = re.search(r"(.*) - at `\$\.?(.*)`", message)
     if m:
         return f"{m.group(2) or 'the file'}: {m.group(1)[0].lower()}{m.group(1)[1:]}"

@@ -10,7 +10,7 @@ converters and capture, each only when the stages below it are ready and connect
 ``ready`` and ``input connected`` log lines), and capture waits for every converter, so no
 audio is published before someone listens. ``up`` stops them all on Ctrl-C, SIGTERM or
 SIGHUP, or when one of them dies; when a file source ends it lets the last results arrive
-and exits 0. Its children die with it, however it dies (common.cli.process).
+and exits 0. Its children die with it, however it dies (common/cli/process.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import msgspec
 
-from common.cli import config as boxconfig
+import common
+from box import config as boxconfig
 from common.cli.main import float_in, int_in
 from common.cli.process import ChildProcess, WaitTimeout
 from common.errors import UserError
@@ -33,7 +35,7 @@ from common.runtime.stage import StopFlag, setup_logging
 
 log = logging.getLogger("soundbus.up")
 
-DEMO_RECORDING = Path(__file__).parents[1] / "data" / "demo.wav"
+DEMO_RECORDING = Path(common.__file__).parent / "data" / "demo.wav"  # bundled with common (capture's demo too)
 HOST = "tcp://127.0.0.1"
 _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
@@ -171,6 +173,8 @@ def plan(cfg: boxconfig.BoxConfig, verbose: bool) -> Plan:
         argv = _module("classify", "--model", model, "--input", tensor_at[input_rate(model)], "--output", result,
                        "--batch-wait-ms", str(c.batch_wait_ms), "--max-lag-ms", str(c.max_lag_ms),
                        *[a for t in c.thresholds for a in ("--threshold", t)])
+        if c.thresholds and len(models) > 1:  # one list for every model: each takes the labels it has
+            argv.append("--skip-unknown-thresholds")
         out.classifiers.append(Child(f"classify-{model.partition(':')[0]}", argv, verbose))
 
     cv = cfg.convert
@@ -256,8 +260,12 @@ def run_up(args: argparse.Namespace) -> int:
     if args.print_config:
         print(boxconfig.dump(cfg), end="")
         return 0
-    stop = StopFlag()
     pl = plan(cfg, args.verbose > 0)
+    if args.print_plan:  # what would run, in start order, as shell commands
+        for c in pl.children:
+            print(f"{c.name}: {shlex.join(c.argv)}")
+        return 0
+    stop = StopFlag()
     if not cfg.capture.sources:
         print(
             f"soundbus up: playing the bundled recording {DEMO_RECORDING.name} "
@@ -351,6 +359,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--config", type=Path, metavar="FILE", help="YAML or TOML file describing the box (docs/config.md)")
     p.add_argument("--print-config", action="store_true", help="print the effective configuration (YAML) and exit")
+    p.add_argument("--print-plan", action="store_true",
+                   help="print each stage's command line, in start order, and exit (nothing is started)")
     p.add_argument(
         "--source",
         action="append",
