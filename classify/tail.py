@@ -88,6 +88,7 @@ class StreamTally:
     latency_ms: float | None = None
     last_seen: float = 0.0
     active: dict[str, float] = field(default_factory=dict)  # label -> seconds on, in this summary period
+    on: dict[str, int] = field(default_factory=dict)  # label -> audio time it started (ns), while it is on
     ended: bool = False
 
 
@@ -181,9 +182,11 @@ class TailLogic:
         rel = (lambda ns: (ns - t.origin_ns) / 1e9) if t.origin_ns is not None else (lambda ns: 0.0)
         for e in r.events:
             if e.state == "start":
+                t.on[e.label] = e.t_ns
                 self.out.write(f"{clock(e.t_ns)} {who} {e.label} started at {rel(e.t_ns):.2f} s ({e.score:.2f})\n")
             else:
                 dur = (e.t_ns - e.since_ns) / 1e9
+                t.on.pop(e.label, None)
                 t.active[e.label] = t.active.get(e.label, 0.0) + dur
                 self.out.write(f"{clock(e.t_ns)} {who} {e.label} {rel(e.since_ns):.2f}-{rel(e.t_ns):.2f} s "
                                f"(peak {e.score:.2f})\n")
@@ -192,9 +195,12 @@ class TailLogic:
             self.out.write(self._summary_line(r.stream, r.model, t, "ended") + "\n")
 
     def _summary_line(self, stream: str, model: str, t: StreamTally, why: str) -> str:
-        on = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(t.active.items())) or "no events"
+        spans = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(t.active.items())) or "no events"
+        origin = t.origin_ns or 0
+        still = "".join(f"; {k} on since {(ns - origin) / 1e9:.2f} s" for k, ns in sorted(t.on.items()))
         gaps = f"; {t.missing} result(s) missing, {t.lost_ns / 1e9:.3f} s lost" if t.missing or t.lost_ns else ""
-        return f"{clock(time.time_ns())} {stream} {model}: {why}: {t.results} windows; {on}; now {t.labels}{gaps}"
+        return (f"{clock(time.time_ns())} {stream} {model}: {why}: {t.results} windows; {spans}{still}; "
+                f"now {t.labels}{gaps}")
 
     def tick(self, now: Now) -> list[bytes]:
         if self.mode == "plain" and now.mono >= self._next_summary:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import msgpack
 import pytest
@@ -53,6 +54,18 @@ def test_plain_output_is_what_a_person_reads_starts_spans_gaps_and_the_end():
     assert any("mic1 vad: speech 0.52-2.31 s (peak 1.00)" in ln for ln in lines)
     assert "ended: 5 windows; speech 1.8 s" in lines[-1] and "1 result(s) missing, 0.064 s lost" in lines[-1]
     assert len(lines) == 4  # not one line per window
+    assert "on since" not in lines[-1]
+
+
+def test_a_summary_names_the_labels_still_on() -> None:
+    out = io.StringIO()
+    t0 = time.monotonic()  # the first summary is due summary_s after the logic starts
+    logic = TailLogic(out, "plain", StageMetrics("tail"), StopFlag(install=False), set(), summary_s=2.0)
+    for r in SPAN[:3]:  # speech started, not stopped yet
+        logic.handle([decode(encode(r))], Now(t0 + 1.0, T0 + 10 * NS))
+    logic.tick(Now(t0 + 2.5, T0 + 12 * NS))
+    summary = out.getvalue().splitlines()[-1]
+    assert "summary: 3 windows; no events; speech on since 0.52 s" in summary, summary
 
 
 def test_json_lines_are_valid_json_with_the_validated_fields_only():
