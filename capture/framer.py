@@ -18,6 +18,7 @@ queue), so it needs no lock and can never block on the publisher.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -35,10 +36,14 @@ class StreamFormat:
     channels: int
     format: str
 
-    @property
+    @functools.cached_property  # read for every chunk: computed once
+    def sample_format(self) -> SampleFormat:
+        return SampleFormat(self.format)
+
+    @functools.cached_property
     def bytes_per_sample_frame(self) -> int:
         """Bytes of one sample of every channel."""
-        return self.channels * SAMPLE_WIDTH[SampleFormat(self.format)]
+        return self.channels * SAMPLE_WIDTH[self.sample_format]
 
 
 def samples_for_ms(rate: int, chunk_ms: float) -> int:
@@ -124,11 +129,13 @@ class StreamFramer:
         bpf = self.fmt.bytes_per_sample_frame
         if len(data) % bpf:
             raise ValueError(f"{len(data)} bytes is not a whole number of {bpf}-byte sample frames")
+        step = self.chunk_samples * bpf
         if not self._pending:
             # times are anchored at the block's first sample, so re-chunking never drifts
             self._anchor_t_ns, self._anchor_offset = t_first_ns, self.offset
+            if len(data) == step and not end:  # the common case: a source that reads whole chunks
+                return self._emit(bytes(data), 0)
         self._pending += data
-        step = self.chunk_samples * bpf
         out: list[Chunk] = []
         start = 0
         n = len(self._pending)
@@ -164,7 +171,7 @@ class StreamFramer:
         t_ns = self._anchor_t_ns + (self.offset - self._anchor_offset) * NS // self.fmt.rate
         h = AudioHeader(
             stream=self.stream, epoch=self.epoch, seq=self.seq, t_capture_ns=t_ns, rate=self.fmt.rate,
-            channels=self.fmt.channels, format=SampleFormat(self.fmt.format), layout=Layout.INTERLEAVED,
+            channels=self.fmt.channels, format=self.fmt.sample_format, layout=Layout.INTERLEAVED,
             samples=samples, offset=self.offset, flags=self._flags | flags, lost=self._lost, source=self.source,
         )
         self._flags = self._lost = 0

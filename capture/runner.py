@@ -40,6 +40,7 @@ from common.wire.topics import Kind
 log = logging.getLogger("capture")
 
 STAGE = "capture"
+_OVERFLOW, _DISCONTINUITY = int(Flag.OVERFLOW), int(Flag.DISCONTINUITY)  # plain ints: enum ops cost per chunk
 END_LINGER_MS = 2000  # at exit, time libzmq gets to hand queued chunks to subscribers
 
 
@@ -181,10 +182,11 @@ class CaptureLogic:
             h.trace = [Hop(STAGE, now.wall_ns, t_out)]  # block in hand -> handed to ZeroMQ
             out.append(encode_audio(Kind.RAW, h, payload))
             self.metrics.frame_out(h.stream)
-            if h.flags & Flag.OVERFLOW:
-                self.metrics.event("overflow")
-            if h.flags & Flag.DISCONTINUITY:
-                self.metrics.event("discontinuity")
+            if h.flags:
+                if h.flags & _OVERFLOW:
+                    self.metrics.event("overflow")
+                if h.flags & _DISCONTINUITY:
+                    self.metrics.event("discontinuity")
         return out
 
     def _heartbeats(self, now: Now) -> list[bytes]:

@@ -345,3 +345,41 @@ def test_a_large_piped_input_is_all_published_and_capture_exits(procs, collector
         producer.wait()
     samples, hs = assemble_stream(col.messages, "big")
     assert len(samples) == 32_000_000 and hs[-1].flags & Flag.END
+
+
+def _synth(spec: str, rate: int = 16000, channels: int = 1):
+    from capture.sources import make_source
+    from capture.sources.base import CaptureOptions
+    from capture.spec import parse_sources
+
+    src = make_source(parse_sources([spec], [])[0], CaptureOptions(chunk_ms=20, fast=True, rate=rate,
+                                                                 channels=channels))
+    src.prepare()
+    return src
+
+
+@pytest.mark.parametrize("freq", [1000, 440.5])
+def test_synth_tone_blocks_match_the_formula_across_the_shared_tables_period(freq) -> None:
+    """Chunks are cut from a one-second table shared by all sources (or, for a fractional
+    frequency, computed): either way sample k is round(0.5 sin(2 pi f k / rate) * 32767)."""
+    src = _synth(f"synth:tone:{freq}#t", channels=2)
+    start, n = 16000 - 100, 320  # straddles the table's end
+    got = np.frombuffer(src._block(start, n), "<i2").reshape(n, 2)
+    k = np.arange(start, start + n)
+    expected = np.round(0.5 * np.sin(2 * np.pi * freq * k / 16000) * 32767).astype("<i2")
+    assert np.array_equal(got[:, 0], expected) and np.array_equal(got[:, 1], expected)
+
+
+def test_synth_noise_streams_differ_have_the_level_and_wrap_seamlessly() -> None:
+    from capture.sources.synth import NOISE_TABLE_S
+
+    a, b = _synth("synth:noise#a"), _synth("synth:noise#b")
+    one_s_a = np.frombuffer(a._block(0, 16000), "<i2")
+    assert not np.array_equal(one_s_a, np.frombuffer(b._block(0, 16000), "<i2"))  # each stream its own place
+    rms_dbfs = 20 * np.log10(np.sqrt(np.mean((one_s_a / 32768.0) ** 2)))
+    assert -21 < rms_dbfs < -19
+    period = NOISE_TABLE_S * 16000
+    whole = np.frombuffer(a._block(0, period), "<i2")
+    across = np.frombuffer(a._block(period - 50, 100), "<i2")  # a chunk across the wrap
+    assert np.array_equal(across, np.concatenate([whole[-50:], whole[:50]]))
+    assert np.array_equal(np.frombuffer(a._block(period + 7, 30), "<i2"), whole[7:37])
