@@ -28,6 +28,7 @@ class BatchResult:
     extras: list[dict[str, Any]]
     errors: list[str] = field(default_factory=list)  # one message per skipped window
     cpu_s: float = 0.0  # process CPU time spent in the model
+    matrix: np.ndarray | None = None  # (batch, labels) float32 when the whole batch succeeded
 
 
 def run_batch(model: Model, windows: np.ndarray, states: Sequence[StreamState | None]) -> BatchResult:
@@ -38,7 +39,7 @@ def run_batch(model: Model, windows: np.ndarray, states: Sequence[StreamState | 
     t0 = time.process_time()
     try:
         out = as_output(model.forward(torch.from_numpy(windows), list(states)), n, labels)
-        res = BatchResult(list(out.scores), out.extras or [{} for _ in range(n)])
+        res = BatchResult(list(out.scores), out.extras or [{} for _ in range(n)], matrix=out.scores)
     except Exception as batch_error:  # noqa: BLE001 - a model bug must not kill the worker
         if n == 1:
             res = BatchResult([None], [{}], [f"{type(batch_error).__name__}: {batch_error}"])

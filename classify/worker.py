@@ -268,11 +268,24 @@ class ClassifyLogic:
             self.metrics.drop("model_error")
             self.warn.warning("model_error", f"model {self.spec.name} raised on a window, skipped: {err}")
         made = 0
-        for j, (slot, win, scores, extra) in enumerate(zip(part, wins, res.scores, res.extras)):
+        if res.matrix is not None:  # the whole batch at once: a few numpy calls, not a few per window
+            matrix = self._sane(res.matrix)
+            scores_of: list = list(matrix)
+            if self.top_k == 1:
+                tops = matrix.argmax(axis=1)[:, None].tolist()
+            else:
+                tops = np.argsort(-matrix, axis=1, kind="stable")[:, : self.top_k].tolist()
+            quiet = (~(matrix >= self.on).any(axis=1)).tolist()  # no label can start in this window
+        else:  # some windows failed: each on its own
+            scores_of = [None if sc is None else self._sane(sc) for sc in res.scores]
+            tops = [None] * len(wins)
+            quiet = [False] * len(wins)
+        for j, (slot, win, scores, extra) in enumerate(zip(part, wins, scores_of, res.extras)):
             if scores is None:
                 slot.shed(1, self.spec.hop)
                 continue
-            self._publish(slot, win, scores, extra, now, final_end_ns=ends[j] if ends else None)
+            self._publish(slot, win, scores, extra, now, final_end_ns=ends[j] if ends else None, top=tops[j],
+                          quiet=quiet[j])
             made += 1
         return made
 
@@ -309,19 +322,19 @@ class ClassifyLogic:
         self._publish(slot, win, None, {}, now, final_end_ns=end_ns)
 
     def _publish(self, slot: StreamSlot, win: Window, scores: np.ndarray | None, extra: dict, now: Now,
-                 final_end_ns: int | None = None) -> None:
-        """One Result. ``final_end_ns``: the zero-padded last window of an ended stream; its
-        span ends where the audio did, every label still on stops there, and it carries END."""
+                 final_end_ns: int | None = None, top: list[int] | None = None, quiet: bool = False) -> None:
+        """One Result. ``scores`` (labels,) already in [0, 1]; ``top``: their top-k indices, if known;
+        ``quiet``: no score reaches an on threshold. ``final_end_ns``: the zero-padded last window of
+        an ended stream; its span ends where the audio did, every label still on stops there, and
+        it carries END."""
         spec = self.spec
         labels: list[Label] = []
         events = slot.pending_events
         slot.pending_events = []
         if scores is not None:
-            scores = self._sane(scores)
-            events += slot.events.update(scores, win.start_ns)
-            if self.top_k == 1:
-                top = [int(scores.argmax())]  # the method: np.argmax's dispatch costs 3 us here
-            else:
+            if not (quiet and not slot.events.n_active):  # nothing on and nothing can start: no events
+                events += slot.events.update(scores, win.start_ns)
+            if top is None:
                 top = np.argsort(-scores, kind="stable")[: self.top_k].tolist()
             labels = [Label(spec.labels[i], float(scores[i])) for i in top]
         flags = slot.next_flags
