@@ -10,8 +10,9 @@
                 order) that runs a stage's socket-free logic; per-stream bookkeeping
                 (SeqCursor, StreamTable).
     recording/  the recording file format, record/replay/info/export.
-    cli/        the ``soundbus`` command, shared flags, ``up``, child processes, proxy/keys/health.
+    cli/        the ``soundbus`` command, shared flags, child processes, proxy/keys/health.
 
 ``common`` imports none of the stage packages (capture, convert, classify, ...): they
-register their subcommands through the ``soundbus.commands`` entry-point group.
+register their subcommands through the ``soundbus.commands`` entry-point group. ``soundbus up``
+(the whole box) is the top-level package ``box``, which sits above them all.
 """
