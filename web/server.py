@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -69,7 +69,7 @@ SECURITY_HEADERS = {
 
 
 class Ping(msgspec.Struct, tag="ping", tag_field="t", forbid_unknown_fields=True):
-    n: int = msgspec.field(default=0)
+    n: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0  # echoed in the pong
 
 
 class Pause(msgspec.Struct, tag="pause", tag_field="t", forbid_unknown_fields=True):
@@ -82,7 +82,6 @@ class Resume(msgspec.Struct, tag="resume", tag_field="t", forbid_unknown_fields=
 
 ClientMessage = Ping | Pause | Resume
 _CLIENT_DECODER = msgspec.json.Decoder(ClientMessage)
-MAX_PING_N = 2**31 - 1
 
 
 class BadRequest(Exception):
@@ -196,7 +195,8 @@ class WebServer:
         self.index = (STATIC / "index.html").read_bytes()
         self.clients: set[Client] = set()
         self.counts: dict[str, int] = {"clients_refused": 0, "ws_bad": 0, "ws_hung_up": 0, "http": 0,
-                                       "http_bad": 0, "http_denied": 0, "login_failed": 0, "store_busy": 0}
+                                       "http_bad": 0, "http_denied": 0, "login_failed": 0, "store_busy": 0,
+                                       "ws_no_pong": 0}
         self._login_failures: list[float] = []
         self._store_calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -319,10 +319,11 @@ class WebServer:
         else:
             try:
                 resp = await handler(request)
-            except web.HTTPException as e:
+            except web.HTTPException as e:  # 404, 400, redirects: raised by aiohttp or the handlers
                 if e.status >= 400:
                     self.counts["http_bad"] += 1
-                resp = e
+                e.headers.update(SECURITY_HEADERS)
+                raise
         if not resp.prepared:  # a WebSocket (prepared) has sent its headers already
             resp.headers.update(SECURITY_HEADERS)
         return resp
@@ -423,8 +424,11 @@ class WebServer:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     await self._on_message(client, msg.data)
-                elif msg.type is WSMsgType.ERROR:  # too large, bad framing: aiohttp closes it
-                    self._bad(client, f"{ws.exception()}")
+                elif msg.type is WSMsgType.ERROR:  # too large, bad framing, no pong: aiohttp closes it
+                    if isinstance(ws.exception(), asyncio.TimeoutError):
+                        self.counts["ws_no_pong"] += 1
+                    else:
+                        self._bad(client, f"{ws.exception()}")
                     break
                 else:
                     self._bad(client, "binary message")
@@ -454,9 +458,6 @@ class WebServer:
             await client.ws.send_frame(msgspec.json.encode({"t": "error", "why": str(e)[:200]}), WSMsgType.TEXT)
             return
         if type(msg) is Ping:
-            if not 0 <= msg.n <= MAX_PING_N:
-                self._bad(client, "ping number out of range")
-                return
             await client.ws.send_frame(msgspec.json.encode({"t": "pong", "n": msg.n}), WSMsgType.TEXT)
         elif type(msg) is Pause:
             client.paused = True
