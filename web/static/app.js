@@ -407,7 +407,7 @@ function upsertHistory(e, live) {
       c[7].replaceChildren(audio);
     }
   } else if (!h.clip) {
-    c[7].textContent = e.clip ? "clip (no --events-dir)" : (e.clip_status || (e.end_ns ? "pending" : "—"));
+    c[7].textContent = e.clip ? "clip (no --events-dir)" : (e.clip_status || (e.end_ns ? "pending" : "when it ends"));
   }
 }
 
