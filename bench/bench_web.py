@@ -7,9 +7,12 @@ and a trace of three hops), plus a yamnet-like result with five labels every 480
 real ``soundbus web`` process subscribes to it; a WebSocket client in this process (aiohttp,
 as the page connects) reads every update and counts its bytes per stream.
 
-Baselines in the same run: the server idle (no messages, no browser) and the server under
-the same load with no browser (the bus side alone: receive, spectrogram, state). Targets
-(issue 17): at 16 streams < 5% of a core with a browser connected, < 50 kB/s per stream.
+Baselines in the same run: the server idle (no messages, no browser); the server under the
+same load with no browser (the bus side alone: receive, spectrogram, state); and the floor
+every stage on the runtime pays for the same messages: the runtime's Inbox receiving and
+validating one second's worth of them in this process (CPU per message x messages per
+second), with no work done on them. Targets (issue 17): at 16 streams < 5% of a core with a
+browser connected, < 50 kB/s per stream.
 
     .venv/bin/python bench/bench_web.py                  # 16 streams, 20 s per configuration
     .venv/bin/python bench/bench_web.py --streams 4 --seconds 3 --json
@@ -30,6 +33,9 @@ import benchlib as bl
 import numpy as np
 import zmq
 
+from common.observe.metrics import StageMetrics
+from common.transport.inbox import Inbox, Poller
+from common.transport.sockets import SocketOptions
 from common.wire.codec import encode, encode_audio
 from common.wire.messages import AudioHeader, Event, Hop, Label, Layout, Result, SampleFormat
 from common.wire.topics import Kind
@@ -136,9 +142,54 @@ class Browser:
                 self.by_stream[name] += len(json.dumps(entry, separators=(",", ":")))
 
     def close(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        if self.thread.is_alive() and self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(5)
+
+
+class _Collect:
+    """A socket stand-in that keeps what a Pacer sends."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+
+
+def receive_floor(streams: int, event_s: float, seconds: float = 1.0) -> float:
+    """CPU seconds the runtime's Inbox takes to receive and validate ``seconds`` of the load (no work on it)."""
+    sink = _Collect()
+    pacer = Pacer(sink, streams, event_s)  # type: ignore[arg-type]
+    for _ in range(int(seconds * RATE / CHUNK)):
+        pacer._tick()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    addr = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    inbox = Inbox(ctx, [addr], [b""], SocketOptions(hwm=0), StageMetrics("floor"), Poller())
+    try:
+        deadline = time.monotonic() + 10
+        while not inbox.connected and time.monotonic() < deadline:
+            inbox.receive(0.05)
+        time.sleep(0.3)  # the subscription reaches the publisher
+        for m in sink.out:
+            pub.send(m)
+        time.sleep(0.5)  # all of it queued at the receiver: only receiving is timed
+        got, c0 = 0, time.process_time()
+        while got < len(sink.out):
+            batch = inbox.receive(1.0)
+            if not batch:
+                break
+            got += len(batch)
+        cpu = time.process_time() - c0
+        if got < len(sink.out):
+            raise RuntimeError(f"the floor measurement received {got} of {len(sink.out)} messages")
+        return cpu
+    finally:
+        inbox.close()
+        pub.close(0)
+        ctx.term()
 
 
 def measure(proc: bl.Proc, seconds: float, pacer: Pacer | None) -> float:
@@ -183,6 +234,10 @@ def main() -> None:
         browser.counting = True
         view_cpu = measure(web, args.seconds, pacer)
         browser.counting = False
+        browser.close()
+        web.stop()
+        web = None
+        floor_cpu = receive_floor(args.streams, args.event_s)
     finally:
         if browser is not None:
             browser.close()
@@ -200,6 +255,7 @@ def main() -> None:
         "idle_core_pct": 100 * idle_cpu / secs,
         "bus_only_core_pct": 100 * bus_cpu / secs,
         "view_core_pct": 100 * view_cpu / secs,
+        "receive_floor_core_pct": 100 * floor_cpu,  # one second of the load
         "browser_updates_per_s": browser.messages / secs,
         "browser_bytes_per_s": browser.total / secs,
         "bytes_per_s_per_stream_mean": float(np.mean(per_stream)),
@@ -215,6 +271,8 @@ def main() -> None:
          bl.fmt(res["bus_msgs_per_s"]), "-"),
         (f"web, {args.streams} streams, 1 browser", bl.fmt(res["view_core_pct"]), bl.fmt(res["bus_msgs_per_s"]),
          f"{bl.fmt(res['bytes_per_s_per_stream_mean'])} / {bl.fmt(res['bytes_per_s_per_stream_max'])}"),
+        ("runtime receive + validate only (floor)", bl.fmt(res["receive_floor_core_pct"]),
+         bl.fmt(res["bus_msgs_per_s"]), "-"),
     ]
     bl.emit("web", res, args.json, table)
 

@@ -177,7 +177,7 @@ def levels_dbfs(chunks: list[np.ndarray]) -> list[tuple[float, float]]:
         return [level_dbfs(f) for f in flats]
     x = np.concatenate(flats) if len(flats) > 1 else flats[0]
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    sumsq = np.add.reduceat(x.astype(np.float64) ** 2, starts)
+    sumsq = np.add.reduceat(np.square(x), starts, dtype=np.float64)  # squares in float32, sums in float64
     peaks = np.maximum.reduceat(np.abs(x), starts)
     return [(_dbfs(math.sqrt(s / n)), _dbfs(float(p))) for s, n, p in zip(sumsq.tolist(), sizes.tolist(), peaks.tolist())]
 
