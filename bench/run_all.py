@@ -38,6 +38,7 @@ QUICK_ARGS = {
     "birdnet": ["--windows", "8", "--streams", "2", "--seconds", "6"],
     "mqtt": ["--seconds", "5", "--warmup", "2"],
     "events": ["--seconds", "5", "--events", "60"],
+    "web": ["--seconds", "5", "--warmup", "2"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
