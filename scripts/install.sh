@@ -15,9 +15,10 @@ extras="[all]"
 # sound-theme-freedesktop (0.5 MB): real recordings (bell, alarm clock, shutter) for the small `soundbus eval` test.
 # mosquitto, mosquitto-clients, openssl: the MQTT bridge's tests run a real broker with TLS certificates.
 # tuxpaint-stamps-default: real bird recordings (GPL-2) for the birdnet tests (~160 MB; no dependencies).
+# chromium, chromium-driver: the web view's tests drive Debian's Chromium (Playwright, no browser download).
 APT_PACKAGES="python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils alsa-utils
   ffmpeg sox espeak-ng iproute2 procps docker.io docker-compose debootstrap tuxpaint-stamps-default sound-theme-freedesktop
-  mosquitto mosquitto-clients openssl"
+  mosquitto mosquitto-clients openssl chromium chromium-driver"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if command -v apt-get >/dev/null; then
