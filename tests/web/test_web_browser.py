@@ -179,3 +179,24 @@ def test_a_replayed_recording_shows_live_in_a_real_browser(procs, chromium, tmp_
     assert not errors, errors
     web.proc.send_signal(15)
     assert web.proc.wait(15) == 0, web.log()
+
+
+def test_the_login_form_opens_the_view_in_a_real_browser(procs, chromium, tmp_path: Path) -> None:
+    """The token's way in, as a person takes it: the form, a wrong token, the right one, then the live page
+    (Chromium's own Origin and cookie rules, which an HTTP client does not have)."""
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    web = procs.start("web", "--listen", "127.0.0.1:0", "--token-file", str(token), "--input", tcp())
+    url = re.search(r"ready (http://\S+)", web.wait_for(r"ready http://", timeout=60)).group(1)
+    page = chromium.new_page()
+    page.goto(url)
+    assert page.title() == "soundbus: log in"
+    page.fill("input[name=token]", "not-the-token-at-all")
+    page.click("button[type=submit]")
+    page.wait_for_selector("p.err", timeout=10_000)
+    page.fill("input[name=token]", "0123456789abcdef-token")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#conn.up", timeout=30_000)
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: the page's scripts cannot read the session
+    status = page.evaluate("fetch('/api/state').then(r => r.status)")
+    assert status == 200
