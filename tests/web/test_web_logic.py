@@ -206,3 +206,16 @@ def test_health_files_fresh_stale_garbage_and_missing(tmp_path: Path) -> None:
     assert files[1]["stage"] == "capture" and not files[1]["ok"] and files[1]["stale"]
     assert files[2]["error"] == "not a soundbus health file" and metrics.bad["bad_health_file"] == 1
     assert "error" in files[3]
+
+
+def test_several_channels_are_averaged_for_the_spectrogram_and_all_count_for_the_level() -> None:
+    v = View()
+    for seq in range(10):
+        x = np.zeros((2, CHUNK), np.float32)
+        x[0] = 0.5  # a constant on one channel: -6 dBFS peak, -9 dBFS rms over both channels
+        h = AudioHeader(stream="st", epoch=1, seq=seq, t_capture_ns=T0, rate=RATE, channels=2,
+                        format=SampleFormat.F32, layout=Layout.PLANAR, samples=CHUNK, offset=seq * CHUNK)
+        v.feed(decode(encode_audio(Kind.TENSOR, h, x)))
+    s = v.publish()["s"]["st"]
+    assert s["f"]["level"] == [-9.0, -6.0] and s["st"]["channels"] == 2
+    assert s["spec"]["n"] == (10 * CHUNK - 1024) // 640 + 1
