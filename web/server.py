@@ -30,17 +30,17 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
 
 from common.errors import UserError
 from common.observe.ratelog import RateLimitedLog
-from common.wire.messages import MAX_LABEL_LEN, MAX_STREAM_ID_LEN, is_name, is_text
 from web.auth import COOKIE, Access
 from web.board import Board, Cursor
-from web.history import MAX_LIMIT, HistoryQuery, StoreReader, StoreUnavailable
+from web.history import StoreReader, StoreUnavailable
+from web.requests import CLIENT_DECODER, BadRequest, Pause, Ping, history_query
 
 log = logging.getLogger("soundbus.web")
 
@@ -63,59 +63,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-
-
-# -- what a browser may send -----------------------------------------------------------------
-
-
-class Ping(msgspec.Struct, tag="ping", tag_field="t", forbid_unknown_fields=True):
-    n: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0  # echoed in the pong
-
-
-class Pause(msgspec.Struct, tag="pause", tag_field="t", forbid_unknown_fields=True):
-    pass
-
-
-class Resume(msgspec.Struct, tag="resume", tag_field="t", forbid_unknown_fields=True):
-    pass
-
-
-ClientMessage = Ping | Pause | Resume
-_CLIENT_DECODER = msgspec.json.Decoder(ClientMessage)
-
-
-class BadRequest(Exception):
-    """A request parameter that fails its check: the reason, for a 400."""
-
-
-def history_query(params: Any) -> HistoryQuery:
-    """A HistoryQuery from /api/events' query string; raises BadRequest naming the bad parameter."""
-    allowed = {"limit", "before", "stream", "model", "label"}
-    for key in params:
-        if key not in allowed:
-            raise BadRequest(f"unknown parameter {key[:32]!r}; allowed: {', '.join(sorted(allowed))}")
-    if len(params) != len(set(params.keys())):
-        raise BadRequest("a parameter is given twice")
-
-    def integer(key: str, lo: int, hi: int) -> int | None:
-        text = params.get(key)
-        if text is None:
-            return None
-        if not text.isdigit() or len(text) > 19 or not lo <= int(text) <= hi:
-            raise BadRequest(f"{key} must be a whole number from {lo} to {hi}")
-        return int(text)
-
-    def name(key: str) -> str | None:
-        text = params.get(key)
-        if text is not None and not (0 < len(text) <= MAX_STREAM_ID_LEN and is_name(text)):
-            raise BadRequest(f"{key} must be 1-{MAX_STREAM_ID_LEN} letters, digits, '.', '_' or '-'")
-        return text
-
-    label = params.get("label")
-    if label is not None and not (0 < len(label) <= MAX_LABEL_LEN and is_text(label)):
-        raise BadRequest(f"label must be 1-{MAX_LABEL_LEN} printable characters")
-    return HistoryQuery(limit=integer("limit", 1, MAX_LIMIT) or 50, before=integer("before", 1, 2**63 - 1),
-                        stream=name("stream"), model=name("model"), label=label)
 
 
 # -- one browser -----------------------------------------------------------------------------
@@ -452,7 +399,7 @@ class WebServer:
 
     async def _on_message(self, client: Client, data: str) -> None:
         try:
-            msg = _CLIENT_DECODER.decode(data)
+            msg = CLIENT_DECODER.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self._bad(client, str(e))
             await client.ws.send_frame(msgspec.json.encode({"t": "error", "why": str(e)[:200]}), WSMsgType.TEXT)
