@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -109,3 +110,35 @@ def test_other_hosts_with_a_token_file_and_no_torch(tmp_path: Path) -> None:
         assert p.proc.wait(15) == 0
     finally:
         p.stop()
+
+
+def test_https_with_a_certificate_and_a_secure_cookie(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1"],
+                   check=True, capture_output=True)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    p = ChildProcess([sys.executable, "-m", "web", "--listen", "127.0.0.1:0", "--token-file", str(token),
+                      "--tls-cert", str(cert), "--tls-key", str(key)], cwd=ROOT)
+    try:
+        url = re.search(r"ready (https://\S+)", p.wait_for(r"ready https://", timeout=60)).group(1)
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with pytest.raises(urllib.error.HTTPError) as e:  # the login page, over TLS
+            urllib.request.urlopen(url, timeout=10, context=ctx)
+        assert e.value.code == 401
+        req = urllib.request.Request(url + "login", data=f"token={TOKEN}".encode(), method="POST",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), _NoRedirect())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            opener.open(req, timeout=10)
+        assert e.value.code == 303 and "Secure" in e.value.headers["Set-Cookie"]
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP on the TLS port is not served
+            urllib.request.urlopen(url.replace("https://", "http://"), timeout=10)
+    finally:
+        p.stop()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kw):  # the 303 itself is what the test reads
+        return None
