@@ -16,6 +16,7 @@ browser connected, < 50 kB/s per stream.
 
     .venv/bin/python bench/bench_web.py                  # 16 streams, 20 s per configuration
     .venv/bin/python bench/bench_web.py --streams 4 --seconds 3 --json
+    .venv/bin/python bench/bench_web.py --tensor-ms 128       # convert --chunk-ms 128: a quarter of the tensors
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ TARGET_BYTES_PER_S = 50_000
 class Pacer:
     """Tensors and results for ``streams`` streams in real time; speech on/off every ``event_s`` s."""
 
-    def __init__(self, sock: zmq.Socket, streams: int, event_s: float) -> None:
+    def __init__(self, sock: zmq.Socket, streams: int, event_s: float, tensor_windows: int = 1) -> None:
         self.sock, self.event_s = sock, event_s
+        self.tensor_windows = tensor_windows  # vad windows (512 samples) per tensor message (convert --chunk-ms)
         self.names = [f"mic{i:03d}" for i in range(streams)]
         rng = np.random.default_rng(1)
         self.noise = (rng.standard_normal(RATE * 2) * 0.1).astype(np.float32)
@@ -76,14 +78,20 @@ class Pacer:
         offset = seq * CHUNK
         start = self.t0_ns + offset * NS // RATE
         speech = int(offset / RATE / self.event_s) % 2 == 1
-        at = offset % (len(self.noise) - CHUNK)
-        samples = self.noise[at : at + CHUNK] * (1.0 if speech else 0.01)
+        k = self.tensor_windows
+        n = k * CHUNK
+        t_first = (seq - k + 1) * CHUNK  # a tensor covers the last k windows, sent with the last of them
+        at = t_first % (len(self.noise) - n)
+        samples = self.noise[at : at + n] * (1.0 if speech else 0.01)
         now = time.time_ns()
         hops = [Hop("capture", now - 3_000_000, now - 2_900_000), Hop("convert", now - 2_800_000, now - 2_700_000)]
-        for i, stream in enumerate(self.names):
-            h = AudioHeader(stream=stream, epoch=1, seq=seq, t_capture_ns=start, rate=RATE, channels=1,
-                            format=SampleFormat.F32, layout=Layout.PLANAR, samples=CHUNK, offset=offset, trace=hops)
-            self.sock.send(encode_audio(Kind.TENSOR, h, samples.reshape(1, CHUNK)))
+        for stream in self.names:
+            if (seq + 1) % k == 0:
+                h = AudioHeader(stream=stream, epoch=1, seq=seq // k, t_capture_ns=self.t0_ns + t_first * NS // RATE,
+                                rate=RATE, channels=1, format=SampleFormat.F32, layout=Layout.PLANAR, samples=n,
+                                offset=t_first, trace=hops)
+                self.sock.send(encode_audio(Kind.TENSOR, h, samples.reshape(1, n)))
+                self.sent += 1
             events = []
             if self.on.get(stream, False) != speech:
                 self.on[stream] = speech
@@ -95,7 +103,7 @@ class Pacer:
                        rate=RATE, seq_first=seq, seq_last=seq, labels=[Label("speech", 0.9 if speech else 0.02)],
                        events=events, trace=trace)
             self.sock.send(encode(r))
-            self.sent += 2
+            self.sent += 1
             if seq % YAMNET_EVERY == 0:
                 labels = [Label(x, s) for x, s in (("Speech", 0.8 if speech else 0.05), ("Silence", 0.3),
                                                     ("Music", 0.02), ("Inside, small room", 0.02), ("Noise", 0.01))]
@@ -157,10 +165,10 @@ class _Collect:
         self.out.append(data)
 
 
-def receive_floor(streams: int, event_s: float, seconds: float = 1.0) -> float:
+def receive_floor(streams: int, event_s: float, tensor_windows: int, seconds: float = 1.0) -> float:
     """CPU seconds the runtime's Inbox takes to receive and validate ``seconds`` of the load (no work on it)."""
     sink = _Collect()
-    pacer = Pacer(sink, streams, event_s)  # type: ignore[arg-type]
+    pacer = Pacer(sink, streams, event_s, tensor_windows)  # type: ignore[arg-type]
     for _ in range(int(seconds * RATE / CHUNK)):
         pacer._tick()
     ctx = zmq.Context()
@@ -208,6 +216,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per configuration")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     ap.add_argument("--event-s", type=float, default=2.0, help="speech turns on or off every EVENT_S seconds")
+    ap.add_argument("--tensor-ms", type=int, choices=(32, 64, 96, 128), default=32,
+                    help="audio per tensor message (convert --chunk-ms; default 32, convert's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -224,7 +234,7 @@ def main() -> None:
         web.wait_for("input connected", timeout=30)
         time.sleep(1.0)
         idle_cpu = measure(web, args.seconds, None)
-        pacer = Pacer(pub, args.streams, args.event_s)
+        pacer = Pacer(pub, args.streams, args.event_s, args.tensor_ms // 32)
         pacer.run(args.warmup)
         sent0 = pacer.sent
         bus_cpu = measure(web, args.seconds, pacer)
@@ -237,7 +247,7 @@ def main() -> None:
         browser.close()
         web.stop()
         web = None
-        floor_cpu = receive_floor(args.streams, args.event_s)
+        floor_cpu = receive_floor(args.streams, args.event_s, args.tensor_ms // 32)
     finally:
         if browser is not None:
             browser.close()
@@ -251,6 +261,7 @@ def main() -> None:
     res = {
         "streams": args.streams,
         "seconds": secs,
+        "tensor_ms": args.tensor_ms,
         "bus_msgs_per_s": bus_msgs / secs,
         "idle_core_pct": 100 * idle_cpu / secs,
         "bus_only_core_pct": 100 * bus_cpu / secs,
