@@ -39,6 +39,7 @@ QUICK_ARGS = {
     "mqtt": ["--seconds", "5", "--warmup", "2"],
     "events": ["--seconds", "5", "--events", "60"],
     "wyoming": ["--clients", "1,8", "--seconds", "15", "--warmup", "3"],
+    "web": ["--seconds", "5", "--warmup", "2"],
 }
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 

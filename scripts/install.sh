@@ -27,9 +27,10 @@ done
 # sound-theme-freedesktop (0.5 MB): real recordings (bell, alarm clock, shutter) for the small `soundbus eval` test.
 # mosquitto, mosquitto-clients, openssl: the MQTT bridge's tests run a real broker with TLS certificates.
 # tuxpaint-stamps-default: real bird recordings (GPL-2) for the birdnet tests (~160 MB; no dependencies).
+# chromium, chromium-driver: the web view's tests drive Debian's Chromium (Playwright, no browser download).
 APT_PACKAGES="python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils alsa-utils
   ffmpeg sox espeak-ng iproute2 procps docker.io docker-compose debootstrap tuxpaint-stamps-default sound-theme-freedesktop
-  mosquitto mosquitto-clients openssl"
+  mosquitto mosquitto-clients openssl chromium chromium-driver"
 
 # What this install is: the package lists and the extras. The same lists in .venv, with these extras
 # or more (the test suite's install covers the pipeline's), means nothing to do.
