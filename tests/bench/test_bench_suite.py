@@ -81,3 +81,83 @@ def test_wyoming_bench_runs_soundbus_end_to_end():
     assert row["server"] == "soundbus" and row["clients"] == 2 and row["client_errors"] == 0
     assert row["detected"] >= 1 and row["cpu_pct_per_satellite"] > 0
     assert set(row["cpu_pct_by_process"]) == {"classify", "convert", "wyoming_server"}
+
+
+def test_convert_bench_measures_convert_against_the_one_part_relay():
+    r = _run(str(BENCH / "bench_convert.py"), "--streams", "2", "--frames", "50", "--repeat", "1", "--skip-seed",
+             timeout=120)
+    assert r["floor"]["frames_in"] == r["floor"]["messages_out"] == 100  # the relay forwards every message
+    for v in ("convert", "passthrough"):
+        # 1 s per stream -> 31 whole 32 ms tensors at most (the rest stays buffered; no idle flush)
+        assert 0 < r[v]["messages_out"] <= 2 * 31
+        assert r[v]["cpu_us_per_frame"] > 0 and r[v]["rt_streams_per_core"] > 0
+    assert r["convert_cpu_vs_floor"] == pytest.approx(r["convert"]["cpu_us_per_frame"] / r["floor"]["cpu_us_per_frame"])
+    ip = r["in_process"]
+    assert ip["messages_in"] == 100 and 0 < ip["messages_out"] <= 62 and ip["handle_us"] > 0 and ip["decode_us"] > 0
+
+
+def test_classify_bench_compares_the_stage_with_the_model_at_its_batch():
+    r = _run(str(BENCH / "bench_classify.py"), "--models", "vad", "--windows", "16", "--streams", "3",
+             "--seconds", "0.5", timeout=180)
+    v = r["models"]["vad"]
+    assert v["stage_windows"] == 3 * 15  # 15 tensors of 32 ms per stream, one window each
+    assert v["stage_mean_batch"] == pytest.approx(3) and v["model_at_stage_batch"] == 3
+    assert v["unbatched_us"] > 0 and v["batch8_us"] > 0 and v["stage_us"] > 0 and v["model_at_stage_batch_us"] > 0
+    assert v["stage_vs_model_same_batch"] == pytest.approx(v["stage_us"] / v["model_at_stage_batch_us"], rel=1e-3)
+
+
+def test_capture_bench_delivers_every_chunk_and_runs_capture_logic():
+    r = _run(str(BENCH / "bench_capture.py"), "--seconds", "1", "--sources", "2", timeout=120)
+    assert r["baseline"]["frames"] == 50
+    for row in r["frames"]:
+        assert row["received"] == row["frames"] == -(-1000 // row["frame_ms"])
+    for wave in ("noise", "silence"):
+        assert r["logic"][wave]["chunks"] == 2 * 50 and r["logic"][wave]["cpu_us_per_chunk"] > 0
+
+
+def test_net_bench_runs_every_variant():
+    r = _run(str(BENCH / "bench_net.py"), "--count", "400", "--lat-count", "40", "--repeat", "1", timeout=120)
+    assert set(r["rows"]) == {"direct plain", "direct curve", "proxy plain", "proxy curve"}
+    for row in r["rows"].values():
+        assert row["msgs_per_s_640B"] > 0 and row["mb_per_s_7680B"] > 0 and row["lat_p99_us"] > 0
+
+
+@pytest.mark.slow
+def test_latency_bench_reports_every_leg_from_result_traces():
+    r = _run(str(BENCH / "bench_latency.py"), "--streams", "2", "--seconds", "2", "--warmup", "1",
+             "--no-low-latency", timeout=240)
+    assert r["streams"] == 2 and r["results"] > 0
+    for leg in ("capture_hop", "convert", "convert_to_classify", "classify", "capture_to_result_beyond_window"):
+        assert r["legs"][leg]["n"] > 0 and r["legs"][leg]["p99"] >= r["legs"][leg]["p50"]
+    assert r["live_cpu_us"]["convert_per_raw_frame"] > 0
+
+
+@pytest.mark.slow
+def test_memory_bench_replays_a_real_recording():
+    r = _run(str(BENCH / "bench_memory.py"), "--streams", "3", "--send-rate", "300", "--record-seconds", "2",
+             "--replay-seconds", "3", "--warmup", "2", timeout=300)
+    assert r["per_stream"]["rss_1"]["classify"] > 0 and "convert" in r["per_stream"]["per_stream_kib"]
+    assert r["replay"]["driver"] == "soundbus replay", r["replay"]["replay_error"]
+    assert r["replay"]["results"] > 0 and set(r["replay"]["growth"]) == {"convert", "classify"}
+
+
+@pytest.mark.slow
+def test_capacity_bench_accounts_for_every_window_it_sent():
+    """--quick: 2 and 4 streams in each setting. Under any load, nothing may go missing silently,
+    and the sources send all their audio; whether latency stays under 100 ms is not asserted."""
+    r = _run(str(BENCH / "bench_capacity.py"), "--quick", timeout=420)
+    assert set(r["settings"]) == {"default", "low-latency", "replay"}
+    for name, s in r["settings"].items():
+        steps = [x for x in s["ramp"]["steps"] if "sent" in x]  # a step that errored out has no counts
+        assert steps, f"{name}: no step ran: {s['ramp']['steps']}"
+        for x in steps:
+            assert x["sent"] == x["owed"], (name, x)
+            assert x["silent_missing_windows"] == 0, (name, x)
+            assert x["sink"]["results"] > 0 and x["sink"]["bad_messages"] == 0
+            if x["passed"]:
+                assert x["sink"]["results"] == x["windows_expected"] and x["latency_ms"]["p99"] <= 100
+        fl = s["flooded"]
+        assert fl["convert_us_per_chunk"] > 0 and fl["classify_us_per_window"] > 0 and fl["implied_streams"] > 0
+        assert ("source_us_per_chunk" in fl) == (name != "replay")
+    assert r["table"][0][0] == "setting"
+    assert run_all.headline(r).count("streams for") == 3
