@@ -544,8 +544,8 @@ def tables(res: dict[str, Any]) -> list[tuple[str, ...]]:
             lat, sink = x.get("latency_ms", {}), x.get("sink", {})
             t.append((name, x["phase"], str(x["streams"]), "yes" if x["passed"] else "NO", f(lat.get("p50")),
                       f(lat.get("p99")), str(sink.get("results", "-")),
-                      f"{sink.get('lost_windows', '-')} / {sink.get('seq_gaps', '-')} / "
-                      f"{x.get('silent_missing_windows', '-')}", x["why"] or "-"))
+                      (f"{sink.get('lost_windows', '-')} / {sink.get('seq_gaps', '-')} / "
+                       f"{x.get('silent_missing_windows', '-')}"), x["why"] or "-"))
     t.append(("",) * 9)
     t.append(("setting", "stage", "live CPU us/msg at sustained", "live core share", "flooded CPU us/msg",
               "live / flooded", "", "", ""))
@@ -616,12 +616,16 @@ def main() -> int:
             try:
                 pipe.start()
                 r = ramp(pipe, steps, args, log)
+            except (RuntimeError, OSError) as e:  # the pipeline would not (re)start: report it, go on
+                log(f"{name}: {e}")
+                r = {"steps": [], "best_probe": 0, "first_fail": None, "sustained": 0, "hold": None,
+                     "error": str(e)[-2000:]}
             finally:
                 pipe.stop()
             res["settings"][name] = {"setting": asdict(s), "ramp": r}
-        from classify.models import load_model
-
         import bench_classify  # noqa: F401  (torch with one thread, before the model loads)
+
+        from classify.models import load_model
 
         model = load_model("vad")
         try:

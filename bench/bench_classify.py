@@ -154,7 +154,7 @@ def main() -> None:
                    model_at_stage_batch_us=model_same * 1e6,
                    model_at_stage_batch_streams_per_core=hop_s / model_same,
                    stage_vs_model_same_batch=bl.ratio(stage, model_same))
-        rows.append((name, f"{hop_s * 1e3:g}", f"model at the stage's batch", str(same_batch),
+        rows.append((name, f"{hop_s * 1e3:g}", "model at the stage's batch", str(same_batch),
                      bl.fmt(model_same * 1e6), bl.fmt(hop_s / model_same), bl.fmt(bl.ratio(base, model_same)), "1"))
         rows.append((name, f"{hop_s * 1e3:g}", f"stage ({n_streams} streams)", f"{st['mean_batch']:.3g} (mean)",
                      bl.fmt(stage * 1e6), bl.fmt(hop_s / stage), bl.fmt(bl.ratio(base, stage)),

@@ -35,10 +35,9 @@ import subprocess
 import sys
 import time
 
+import benchlib as bl
 import numpy as np
 import zmq
-
-import benchlib as bl
 
 sys.path.insert(0, str(bl.ROOT))
 

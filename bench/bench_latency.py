@@ -36,7 +36,6 @@ import sys
 import time
 
 import benchlib as bl
-import numpy as np
 import zmq
 from bench_floor import run_hop
 
