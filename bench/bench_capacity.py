@@ -20,9 +20,9 @@ every stream ends with END and every count below is exact), then judges it:
 - *sent*: raw chunks capture (or replay) published, from its own exit log, against the
   chunks D seconds of N streams make;
 - *arrived*: per stream, results received, result seq gaps, and ``lost_ns`` (loss counted
-  upstream: a convert input gap, a window classify shed) in windows; a stream is short
-  *silently* when windows expected from the audio sent - (received + seq gaps + lost
-  windows) > 1 (one window of rounding at the stream's end);
+  upstream: a convert input gap, a window classify shed) in windows; a stream whose END
+  result arrived is short *silently* when windows expected from the audio sent - (received
+  + seq gaps + lost windows) > 1 (one window of rounding at the stream's end);
 - *latency*, per result (final results, cut at the audio's end, left out) whose window ends
   within [warmup, warmup + span] of the audio: ``sink receive time - Result.end_ns``, i.e.
   capture -> vad result beyond the window (issue 14's definition; one wall clock, one box).
@@ -41,7 +41,8 @@ convert and classify stay up across passing steps and are restarted after a fail
 every start one stream runs for 2 s, unmeasured, so one-time costs (LD's filter design imports
 scipy: ~1.5 s; torch's first calls) do not count as a loss.
 
-**Per-stage CPU** during the span of the held step (from /proc/PID/stat of each process):
+**Per-stage CPU** during the span of the held step (or, if no hold passed, of the passing step
+with the most streams), from /proc/PID/stat of each process:
 us per raw chunk (capture or replay, convert), per window (classify), per result (sink),
 next to the same run's *flooded* per-stage costs, measured in-process after the live runs
 with the functions of bench_capture (CaptureLogic over synth:noise sources), bench_convert
@@ -396,10 +397,9 @@ class Pipeline:
     def _judge(self, n: int, audio_s: float, sent: int, owed: int, rep: dict[str, Any]) -> dict[str, Any]:
         exp = expected_windows(audio_s, self.s.chunk_ms, self.s.source)
         short = 0
-        for st in list(rep["per_stream"].values()):
-            received, gaps, lost, _final = st
-            short += max(0, exp - (received + gaps + lost) - 1)
-        short += exp * max(0, n - rep["streams"])  # streams that never produced a result
+        for received, gaps, lost, final in rep["per_stream"].values():
+            if final:  # a stream without its END result is incomplete, reported below, not judged here
+                short += max(0, exp - (received + gaps + lost) - 1)
         lat = rep["latency_ms"]
         why = []
         if sent != owed:
@@ -483,7 +483,11 @@ def ramp(pipe: Pipeline, steps: list[int], args: argparse.Namespace, log) -> dic
         if hold["passed"]:
             sustained = n
             break
-    return {"steps": rows, "best_probe": good, "first_fail": bad, "sustained": sustained, "hold": hold}
+    # Live per-stage CPU: from the passing hold, else from the passing step with the most streams.
+    passed = [r for r in rows if r["passed"]]
+    live = hold if sustained else max(passed, key=lambda r: (r["streams"], r["span_s"]), default=None)
+    return {"steps": rows, "best_probe": good, "first_fail": bad, "sustained": sustained, "hold": hold,
+            "live": None if live is None else {"streams": live["streams"], "phase": live["phase"], "cpu": live["cpu"]}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -547,21 +551,23 @@ def tables(res: dict[str, Any]) -> list[tuple[str, ...]]:
                       (f"{sink.get('lost_windows', '-')} / {sink.get('seq_gaps', '-')} / "
                        f"{x.get('silent_missing_windows', '-')}"), x["why"] or "-"))
     t.append(("",) * 9)
-    t.append(("setting", "stage", "live CPU us/msg at sustained", "live core share", "flooded CPU us/msg",
-              "live / flooded", "", "", ""))
+    t.append(("setting", "stage", "live CPU us/msg (streams, phase)", "live core share",
+              "flooded CPU us/msg (streams)", "live / flooded", "", "", ""))
     for name, r in res["settings"].items():
-        h = r["ramp"]["hold"] if (r["ramp"]["hold"] or {}).get("passed") else None
+        h = r["ramp"].get("live")
         fl = r.get("flooded", {})
-        for stage, key in (("capture" if r["setting"]["source"] == "capture" else "replay", "source_us_per_chunk"),
-                           ("convert", "convert_us_per_chunk"), ("classify (vad)", "classify_us_per_window"),
-                           ("sink", "sink_us_per_result")):
+        source = r["setting"]["source"]
+        for stage, proc, key, unit in (("capture" if source == "capture" else "replay", "source",
+                                        "source_us_per_chunk", "chunk"),
+                                       ("convert", "convert", "convert_us_per_chunk", "chunk"),
+                                       ("classify (vad)", "classify", "classify_us_per_window", "window"),
+                                       ("sink", "sink", "sink_us_per_result", "result")):
             live = h["cpu"]["us_per_message"][key] if h else None
-            share = h["cpu"]["share"][{"source_us_per_chunk": "source", "convert_us_per_chunk": "convert",
-                                       "classify_us_per_window": "classify", "sink_us_per_result": "sink"}[key]] \
-                if h else None
+            share = h["cpu"]["share"][proc] if h else None
             flood = fl.get(key)
-            t.append((name, f"{stage} ({'chunk' if 'chunk' in key else 'window' if 'window' in key else 'result'})",
-                      f(live), f(share), f(flood), f(bl.ratio(live, flood)) if live and flood else "-", "", "", ""))
+            t.append((name, f"{stage} (per {unit})", f"{f(live)} ({h['streams']}, {h['phase']})" if h else "-",
+                      f(share), f"{f(flood)} ({fl['streams']})" if flood else "-",
+                      f(bl.ratio(live, flood)) if live and flood else "-", "", "", ""))
     return t
 
 
@@ -630,7 +636,7 @@ def main() -> int:
         model = load_model("vad")
         try:
             for name, r in res["settings"].items():
-                n = r["ramp"]["sustained"] or r["ramp"]["best_probe"] or 8
+                n = (r["ramp"].get("live") or {}).get("streams") or 8
                 log(f"{name}: flooded per-stage costs at {n} streams")
                 r["flooded"] = flooded_costs(SETTINGS[name], n, args.flood_s, model)
         finally:
