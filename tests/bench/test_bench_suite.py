@@ -161,3 +161,43 @@ def test_capacity_bench_accounts_for_every_window_it_sent():
         assert ("source_us_per_chunk" in fl) == (name != "replay")
     assert r["table"][0][0] == "setting"
     assert run_all.headline(r).count("streams for") == 3
+
+
+def test_capacity_accounting_tells_counted_losses_from_silent_ones(tmp_path):
+    """The sink's statistics and the step's judgement, on results built by hand (no processes)."""
+    import bench_capacity as bc
+
+    from common.wire import Label, Result
+
+    win = 32_000_000  # one vad window, ns
+    t0 = 1_000_000_000_000
+
+    def result(stream: str, seq: int, k: int, lost_ns: int = 0, final: bool = False) -> Result:
+        return Result(stream=stream, model="vad", epoch=1, seq=seq, start_ns=t0 + k * win, end_ns=t0 + (k + 1) * win,
+                      offset=k * 512, rate=16000, seq_first=k, seq_last=k, labels=[Label("speech", 0.1)],
+                      lost_ns=lost_ns, final=final)
+
+    audio_s = 10 * 0.032  # 10 windows per stream
+    assert bc.expected_windows(audio_s, 20.0, "capture") == 10
+    stats = bc.RunStats(warmup_s=0.1, span_s=0.1)
+    for k in range(10):  # s0: complete
+        stats.add(result("s0", k, k, final=k == 9), t0 + (k + 1) * win + 5_000_000)
+    for k in (0, 1, 2, 5, 6, 7, 8, 9):  # s1: result 3 lost on the way (a seq gap), window 4 shed upstream
+        stats.add(result("s1", k if k < 3 else k - 1, k, lost_ns=win if k == 5 else 0, final=k == 9),
+                  t0 + (k + 1) * win + 5_000_000)
+    for k in (0, 1, 2, 3, 4, 5, 9):  # s2: three windows vanish without a counter saying so
+        stats.add(result("s2", k, k, final=k == 9), t0 + (k + 1) * win + 5_000_000)
+    rep = stats.report()
+    assert rep["seq_gaps"] == 1 + 3 and rep["lost_windows"] == 1 and rep["finals"] == 3
+    assert rep["latency_ms"]["n"] > 0 and rep["latency_ms"]["p99"] == pytest.approx(5.0)
+    pipe = bc.Pipeline(bc.SETTINGS["default"], tmp_path)
+    judged = pipe._judge(3, audio_s, sent=48, owed=48, rep=rep)
+    assert judged["silent_missing_windows"] == 0  # s2's seq numbers show its missing results: counted
+    assert not judged["passed"] and "seq gaps" in judged["why"] and "lost upstream" in judged["why"]
+    rep["per_stream"]["s2"][1] = 0  # now s2's shortfall has no trace anywhere
+    judged = pipe._judge(3, audio_s, sent=48, owed=48, rep=rep)
+    assert judged["silent_missing_windows"] == 3 - 1 and "silent loss" in judged["why"]
+    rep["per_stream"] = {"s0": rep["per_stream"]["s0"]}
+    rep["finals"], rep["seq_gaps"], rep["lost_windows"] = 1, 0, 0
+    judged = bc.Pipeline(bc.SETTINGS["default"], tmp_path)._judge(1, audio_s, sent=16, owed=16, rep=rep)
+    assert judged["passed"], judged["why"]
