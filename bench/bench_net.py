@@ -29,8 +29,8 @@ import benchlib as bl
 import zmq
 
 sys.path.insert(0, str(bl.ROOT))
-from common.transport.keys import create_keypair
-from common.transport.sockets import CurveConfig, SocketOptions, open_socket
+from common.transport.keys import CurveConfig, create_keypair
+from common.transport.sockets import SocketOptions, open_socket
 
 TOPIC = b"raw/00/mic1/"
 HEADER = b"\x00\x02\x78\x00" + b"\x80" * 120  # NUL, version, length, ~ a real header; never decoded here

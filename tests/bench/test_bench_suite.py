@@ -90,8 +90,10 @@ def test_convert_bench_measures_convert_against_the_one_part_relay():
     for v in ("convert", "passthrough"):
         # 1 s per stream -> 31 whole 32 ms tensors at most (the rest stays buffered; no idle flush)
         assert 0 < r[v]["messages_out"] <= 2 * 31
-        assert r[v]["cpu_us_per_frame"] > 0 and r[v]["rt_streams_per_core"] > 0
-    assert r["convert_cpu_vs_floor"] == pytest.approx(r["convert"]["cpu_us_per_frame"] / r["floor"]["cpu_us_per_frame"])
+        assert r[v]["cpu_us_per_frame"] >= 0 and r[v]["fps"] > 0  # CPU is read in 10 ms ticks: may be 0 here
+    if r["floor"]["cpu_us_per_frame"] > 0:
+        assert r["convert_cpu_vs_floor"] == pytest.approx(r["convert"]["cpu_us_per_frame"]
+                                                          / r["floor"]["cpu_us_per_frame"])
     ip = r["in_process"]
     assert ip["messages_in"] == 100 and 0 < ip["messages_out"] <= 62 and ip["handle_us"] > 0 and ip["decode_us"] > 0
 
