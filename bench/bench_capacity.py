@@ -602,7 +602,8 @@ def main() -> int:
     try:
         steps = [int(x) for x in args.steps.split(",")]
     except ValueError:
-        print(f"bench_capacity: --steps must be whole numbers separated by commas, got {args.steps!r}.", file=sys.stderr)
+        print(f"bench_capacity: --steps must be whole numbers separated by commas, got {args.steps!r}.",
+              file=sys.stderr)
         return 2
 
     def log(text: str) -> None:

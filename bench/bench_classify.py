@@ -99,7 +99,8 @@ def stage_cpu_per_window(model, n_streams: int, seconds: float, frame_ms: float 
     cpu = time.process_time() - start
     done = max(logic.windows_done, 1)
     return {"cpu_s_per_window": cpu / done, "windows": logic.windows_done, "batches": logic.batches,
-            "mean_batch": logic.windows_done / max(logic.batches, 1), "model_cpu_s_per_window": logic.model_cpu_s / done}
+            "mean_batch": logic.windows_done / max(logic.batches, 1),
+            "model_cpu_s_per_window": logic.model_cpu_s / done}
 
 
 def main() -> None:
@@ -135,7 +136,8 @@ def main() -> None:
         windows = args.windows if name != "wakeword" else 64
         base = model_cpu_per_window(model, 1, min(windows, 256))
         res["unbatched_us"] = base * 1e6
-        rows.append((name, f"{hop_s * 1e3:g}", "model", "1", bl.fmt(base * 1e6), bl.fmt(hop_s / base), "1 (baseline)", ""))
+        rows.append((name, f"{hop_s * 1e3:g}", "model", "1", bl.fmt(base * 1e6), bl.fmt(hop_s / base),
+                     "1 (baseline)", ""))
         for b in sorted({8, 32, min(spec.max_batch, 128)}):
             if b > spec.max_batch or (name == "wakeword" and b > 8):
                 continue
