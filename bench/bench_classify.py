@@ -1,19 +1,23 @@
-"""Classify: CPU time per window for each model, unbatched vs batched, as real-time streams per core.
+"""Classify: CPU time per window for each model, unbatched vs batched, and the stage vs the model alone.
 
 For every model (one thread, as a worker runs):
 
 - ``unbatched``: the model called with one window at a time (classify.batching.run_batch),
   each window from its own stream with its own state -- the baseline of this run.
 - ``batched B``: one call serves B streams' windows (B = 8, 32, and the model's cap).
-- ``stage``: the whole worker path in-process -- message validation (protocol.decode) and
-  ClassifyWorker.handle() on prebuilt tensor messages (32 ms, convert's default) of S streams, windowing,
-  batching, events, result encoding and send on an inproc socket -- CPU per window and
-  streams per core, without the network (bench_floor.py measures the hop itself).
+- ``stage``: the whole classify logic in-process, protocol v2's equivalent of the old
+  ClassifyWorker.handle: per tensor message codec.decode (what the Inbox validates), then
+  ClassifyLogic.handle on one batch per round of all S streams (prebuilt 32 ms tensors,
+  convert's default): windows, batching across streams, the model, events, result
+  encoding. No sockets (bench_floor.py measures a hop). Its mean batch (windows per model
+  call) is reported, and the model alone is measured again at that batch size in the same
+  run (``model at stage batch``): stage / model at the same batch is what the stage adds.
 
 streams per core = hop duration / CPU per window: how many live streams one core keeps up with.
 The batched gain is unbatched / batched CPU per window, measured in the same run.
+:func:`stage_cpu_per_window` and :func:`model_cpu_per_window` are reused by bench_capacity.py.
 
-    .venv/bin/python bench/bench_classify.py [--models vad,yamnet,level] [--seconds 4] [--json]
+    .venv/bin/python bench/bench_classify.py [--models vad,vad-onnx,yamnet] [--seconds 3] [--json]
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ def model_cpu_per_window(model, batch: int, windows: int) -> float:
     spec = model.spec
     audio = signal(batch, spec.window + spec.hop * 8)
     states = [model.new_state() for _ in range(batch)]
-    wins = [[audio[i, None, k * spec.hop : k * spec.hop + spec.window].copy() for i in range(batch)] for k in range(8)]
+    # 8 sets of (batch, 1, window) windows: window k of every stream
+    wins = [np.stack([audio[i, None, k * spec.hop : k * spec.hop + spec.window] for i in range(batch)])
+            for k in range(8)]
     calls = max(2, windows // batch)
     run_batch(model, wins[0], states)  # warm up
     best = float("inf")
@@ -60,44 +66,47 @@ def model_cpu_per_window(model, batch: int, windows: int) -> float:
     return best
 
 
-def stage_cpu_per_window(model, n_streams: int, seconds: float, frame_ms: float = 32.0) -> tuple[float, int]:
-    """CPU seconds per window of the whole worker path over ``n_streams`` tensor streams of ``frame_ms`` frames."""
-    import zmq
+def stage_cpu_per_window(model, n_streams: int, seconds: float, frame_ms: float = 32.0,
+                         batch_wait_ms: float = 0.0) -> dict[str, float]:
+    """The whole classify logic over ``n_streams`` tensor streams of ``frame_ms`` messages (flooded).
 
-    from classify.worker import ClassifyWorker, WorkerConfig
-    from common.metrics import StageMetrics
-    from common.protocol import Header, Hop, Kind, decode, encode
+    Returns ``cpu_s_per_window`` (decode + ClassifyLogic.handle, CPU s per result made),
+    ``windows``, ``batches`` (model calls), ``mean_batch`` (windows per call) and
+    ``model_cpu_s_per_window`` (the part of it spent inside the model).
+    """
+    from classify.worker import ClassifyLogic, WorkerConfig
+    from common.observe.metrics import StageMetrics
+    from common.runtime.stage import Now
+    from common.wire import AudioHeader, Hop, Kind, Layout, SampleFormat, decode, encode_audio
 
     spec = model.spec
     chunk = int(spec.rate * frame_ms / 1000)
-    n_msgs = int(seconds * 1000 / frame_ms)
+    n_msgs = max(1, int(seconds * 1000 / frame_ms))
     audio = signal(n_streams, chunk * n_msgs, seed=1)
     t0 = time.time_ns()
-    msgs = []
+    rounds = []
     for k in range(n_msgs):
-        for s in range(n_streams):
-            h = Header(Kind.TENSOR, f"s{s}", 1, k, t0 + k * chunk * 1_000_000_000 // spec.rate, rate=spec.rate, channels=1, format="f32",
-                       layout="planar", frames=chunk, offset=k * chunk, trace=[Hop("convert", t0, t0)])
-            msgs.append([bytes(f) for f in encode(h, audio[s : s + 1, k * chunk : (k + 1) * chunk])])
-    ctx = zmq.Context()
-    cfg = WorkerConfig(inputs=["inproc://bench-tensor"], outputs=["inproc://bench-result"], max_lag_ms=1e9)
-    worker = ClassifyWorker(model, cfg, StageMetrics("bench"), ctx)
-    try:
-        start = time.process_time()
-        for k in range(n_msgs):  # one message per stream, then serve: a worker keeping up
-            for frames in msgs[k * n_streams : (k + 1) * n_streams]:
-                worker.handle(decode(frames), time.time_ns())  # validation included, as Receiver does
-            worker.serve()
-        cpu = time.process_time() - start
-    finally:
-        worker.close()
-        ctx.destroy(linger=0)
-    return cpu / max(worker.windows_done, 1), worker.windows_done
+        t = t0 + k * chunk * 1_000_000_000 // spec.rate
+        rounds.append([encode_audio(Kind.TENSOR, AudioHeader(
+            stream=f"s{s}", epoch=1, seq=k, t_capture_ns=t, rate=spec.rate, channels=1, format=SampleFormat.F32,
+            layout=Layout.PLANAR, samples=chunk, offset=k * chunk, trace=[Hop("convert", t0, t0)]),
+            audio[s : s + 1, k * chunk : (k + 1) * chunk]) for s in range(n_streams)])
+    logic = ClassifyLogic(model, WorkerConfig(max_lag_ms=0, idle_s=0, batch_wait_ms=batch_wait_ms),
+                          StageMetrics("bench", summary_every_s=1e9))
+    start = time.process_time()
+    for msgs in rounds:  # every stream's next tensor arrives, then the worker serves: a worker keeping up
+        logic.handle([decode(m) for m in msgs], Now.read())
+    cpu = time.process_time() - start
+    done = max(logic.windows_done, 1)
+    return {"cpu_s_per_window": cpu / done, "windows": logic.windows_done, "batches": logic.batches,
+            "mean_batch": logic.windows_done / max(logic.batches, 1),
+            "model_cpu_s_per_window": logic.model_cpu_s / done}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="vad,vad-onnx,yamnet,level,wakeword")
+    ap.add_argument("--models", default="vad,vad-onnx,yamnet,level,wakeword",
+                    help="comma-separated model names (default vad,vad-onnx,yamnet,level,wakeword)")
     ap.add_argument("--windows", type=int, default=512, help="windows per measurement (default 512)")
     ap.add_argument("--streams", type=int, default=64, help="streams in the stage measurement (default 64)")
     ap.add_argument("--seconds", type=float, default=3.0, help="audio per stream in the stage measurement")
@@ -112,7 +121,8 @@ def main() -> None:
         a @ a
     ref_us = (time.process_time() - t0) / 200 * 1e6  # machine-speed reference: one 256x256 f32 matmul
 
-    rows = [("model", "hop ms", "mode", "batch", "CPU us/window", "streams/core", "gain vs unbatched")]
+    rows = [("model", "hop ms", "mode", "batch", "CPU us/window", "streams/core", "gain vs unbatched",
+             "x model at same batch")]
     results: dict = {"ref_matmul256_us": round(ref_us, 1), "models": {}}
     for name in args.models.split(","):
         try:
@@ -126,21 +136,31 @@ def main() -> None:
         windows = args.windows if name != "wakeword" else 64
         base = model_cpu_per_window(model, 1, min(windows, 256))
         res["unbatched_us"] = base * 1e6
-        rows.append((name, f"{hop_s * 1e3:g}", "model", "1", bl.fmt(base * 1e6), bl.fmt(hop_s / base), "1 (baseline)"))
+        rows.append((name, f"{hop_s * 1e3:g}", "model", "1", bl.fmt(base * 1e6), bl.fmt(hop_s / base),
+                     "1 (baseline)", ""))
         for b in sorted({8, 32, min(spec.max_batch, 128)}):
             if b > spec.max_batch or (name == "wakeword" and b > 8):
                 continue
             cpu = model_cpu_per_window(model, b, windows)
             res[f"batch{b}_us"] = cpu * 1e6
             rows.append((name, f"{hop_s * 1e3:g}", "model", str(b), bl.fmt(cpu * 1e6), bl.fmt(hop_s / cpu),
-                         bl.fmt(bl.ratio(base, cpu))))
+                         bl.fmt(bl.ratio(base, cpu)), ""))
         n_streams = args.streams if name != "wakeword" else 8
-        stage, _ = stage_cpu_per_window(model, n_streams, args.seconds, args.frame_ms)
-        res["stage_us"] = stage * 1e6
-        res["stage_streams_per_core"] = hop_s / stage
-        res["stage_streams"] = n_streams
-        rows.append((name, f"{hop_s * 1e3:g}", f"stage ({n_streams} streams)", "auto", bl.fmt(stage * 1e6),
-                     bl.fmt(hop_s / stage), bl.fmt(bl.ratio(base, stage))))
+        st = stage_cpu_per_window(model, n_streams, args.seconds, args.frame_ms)
+        stage = st["cpu_s_per_window"]
+        same_batch = max(1, min(spec.max_batch, round(st["mean_batch"])))
+        model_same = model_cpu_per_window(model, same_batch, max(windows, 4 * same_batch))
+        res.update(stage_us=stage * 1e6, stage_streams_per_core=hop_s / stage, stage_streams=n_streams,
+                   stage_mean_batch=st["mean_batch"], stage_windows=st["windows"],
+                   stage_model_us=st["model_cpu_s_per_window"] * 1e6, model_at_stage_batch=same_batch,
+                   model_at_stage_batch_us=model_same * 1e6,
+                   model_at_stage_batch_streams_per_core=hop_s / model_same,
+                   stage_vs_model_same_batch=bl.ratio(stage, model_same))
+        rows.append((name, f"{hop_s * 1e3:g}", "model at the stage's batch", str(same_batch),
+                     bl.fmt(model_same * 1e6), bl.fmt(hop_s / model_same), bl.fmt(bl.ratio(base, model_same)), "1"))
+        rows.append((name, f"{hop_s * 1e3:g}", f"stage ({n_streams} streams)", f"{st['mean_batch']:.3g} (mean)",
+                     bl.fmt(stage * 1e6), bl.fmt(hop_s / stage), bl.fmt(bl.ratio(base, stage)),
+                     bl.fmt(bl.ratio(stage, model_same))))
         results["models"][name] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}
         model.close()
     bl.emit("classify", results, args.json, rows)

@@ -1,19 +1,25 @@
-"""The convert stage's cost per frame, whole path, next to the bare pyzmq floor of the same run.
+"""The convert stage's cost per message, whole path, next to a bare single-part relay of the same run.
 
-Three real processes per run, on tcp loopback: a feeder (XPUB, pre-encoded raw frames of
-``--streams`` interleaved streams, flooded), the process under test, and a sink (SUB that
-counts). The process under test is either
+Three real processes per run, on tcp loopback: a feeder (XPUB, pre-encoded protocol v2 raw
+messages of ``--streams`` interleaved streams, flooded), the process under test, and a sink
+(SUB that counts). The process under test is either
 
-- ``floor``: a bare pyzmq relay: recv_multipart(copy=False), then send_multipart of a
-  pre-built message the size of a tensor frame, for every raw frame. Nothing less is a
-  receive + send stage;
-- ``convert``: the real ``python -m convert`` (receive, validate, convert, resample, frame,
-  send), 48 kHz stereo s16 -> 16 kHz mono f32, 20 ms input frames, 32 ms output frames;
+- ``floor``: a bare pyzmq relay: recv one part, send one part (a new topic + a message the
+  size of a tensor message) for every raw message. Nothing less is a receive + send stage;
+- ``convert``: the real ``python -m convert`` (Inbox: receive + validate; ConvertLogic:
+  convert, resample, frame, encode; Outbox: send), 48 kHz stereo s16 -> 16 kHz mono f32,
+  20 ms input chunks, 32 ms output chunks;
 - ``passthrough``: ``python -m convert`` on 16 kHz mono s16 (no resampling).
 
-CPU time of the process under test (from /proc) over the run / raw frames = CPU us per
-frame; real-time streams per core = 20 ms / that. frames/s is raw frames over the sink's
-first-to-last wall time. Best of ``--repeat`` runs (shared, noisy machine: read the ratios).
+CPU time of the process under test (from /proc) over the run / raw messages = CPU us per
+message; real-time streams per core = 20 ms / that. messages/s is raw messages over the
+sink's first-to-last wall time. Best of ``--repeat`` alternating runs (shared, noisy
+machine: read the ratios).
+
+In-process (no sockets), protocol v2's equivalent of the old Converter.handle: per raw
+message, ``codec.decode`` and ``ConvertLogic.handle`` on one batch per round of all
+streams (what an Inbox wake-up hands the logic), encoding included. :func:`in_process`
+is reused by bench_capacity.py as convert's flooded cost.
 
 Then the seed article's method vs convert's on real audio, speed and SNR against
 whole-signal resampling (bench_peers.py's implementation, which needs torch; bench only).
@@ -29,31 +35,38 @@ import subprocess
 import sys
 import time
 
+import benchlib as bl
 import numpy as np
 import zmq
 
-import benchlib as bl
+sys.path.insert(0, str(bl.ROOT))
 
 IN_RATE, OUT_RATE = 48_000, 16_000
 FRAME_MS = 20
-TENSOR_BYTES = 512 * 4
+TENSOR_BYTES = 512 * 4  # one 32 ms tensor chunk at 16 kHz mono f32
+TENSOR_HEADER_BYTES = 110  # about what convert's tensor header with a two-hop trace takes
 
 
-def raw_messages(streams: int, frames: int, rate: int, channels: int) -> list[list[bytes]]:
-    """Pre-encoded raw frames, streams interleaved: noise + tone on the s16 grid."""
-    sys.path.insert(0, str(bl.ROOT))
-    from common.protocol import Header, Kind, encode
+def raw_messages(streams: int, frames: int, rate: int, channels: int, frame_ms: float = FRAME_MS,
+                 t0_ns: int | None = None) -> list[bytes]:
+    """Pre-encoded protocol v2 raw messages (noise on the s16 grid), streams interleaved:
+    message ``i * streams + s`` is chunk ``i`` of stream ``bench{s}``."""
+    from common.wire import AudioHeader, Hop, Kind, Layout, SampleFormat, encode_audio
 
-    n = rate * FRAME_MS // 1000
+    n = round(rate * frame_ms / 1000)
     rng = np.random.default_rng(0)
-    block = (rng.standard_normal((frames * n, channels)) * 3000).astype("<i2")
+    block = (rng.standard_normal((min(frames, 50) * n, channels)) * 3000).astype("<i2")
+    t0 = time.time_ns() if t0_ns is None else t0_ns
     out = []
     for i in range(frames):
-        payload = block[i * n : (i + 1) * n].tobytes()
+        k = i % min(frames, 50)
+        payload = block[k * n : (k + 1) * n].tobytes()
+        t = t0 + i * n * 1_000_000_000 // rate
         for s in range(streams):
-            h = Header(kind=Kind.RAW, stream=f"bench{s}", epoch=1, seq=i, t_capture_ns=time.time_ns(), rate=rate,
-                       channels=channels, format="s16", layout="interleaved", frames=n, offset=i * n, source="bench")
-            out.append([bytes(f) for f in encode(h, payload)])
+            h = AudioHeader(stream=f"bench{s}", epoch=1, seq=i, t_capture_ns=t, rate=rate, channels=channels,
+                            format=SampleFormat.S16, layout=Layout.INTERLEAVED, samples=n, offset=i * n,
+                            source="bench", trace=[Hop("capture", t, t)])
+            out.append(encode_audio(Kind.RAW, h, payload))
     return out
 
 
@@ -61,7 +74,7 @@ def raw_messages(streams: int, frames: int, rate: int, channels: int) -> list[li
 # roles
 
 def role_feed(addr: str, streams: int, frames: int, rate: int, channels: int) -> None:
-    """Bind, wait for a subscriber and for 'go' on stdin, flood every frame, wait for stdin EOF."""
+    """Bind, wait for a subscriber and for 'go' on stdin, flood every message, wait for stdin EOF."""
     msgs = raw_messages(streams, frames, rate, channels)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)
@@ -73,7 +86,7 @@ def role_feed(addr: str, streams: int, frames: int, rate: int, channels: int) ->
     print("subscribed", flush=True)
     sys.stdin.readline()
     for m in msgs:
-        sock.send_multipart(m, copy=False)
+        sock.send(m, copy=False)
     print(json.dumps({"sent": len(msgs)}), flush=True)
     sys.stdin.read()
     sock.close()
@@ -81,7 +94,7 @@ def role_feed(addr: str, streams: int, frames: int, rate: int, channels: int) ->
 
 
 def role_relay(inp: str, out: str) -> None:
-    """The floor: bare pyzmq SUB -> XPUB, one tensor-sized message out per message in."""
+    """The floor: bare pyzmq SUB -> XPUB, one part each way, one tensor-sized message out per message in."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
@@ -94,14 +107,16 @@ def role_relay(inp: str, out: str) -> None:
     print("ready", file=sys.stderr, flush=True)
     pub.recv()
     print("subscriber joined", file=sys.stderr, flush=True)
-    header, payload = bytes(200), bytes(TENSOR_BYTES)
-    poller = zmq.Poller()
-    poller.register(sub, zmq.POLLIN)
+    tail = b"\x00\x02" + TENSOR_HEADER_BYTES.to_bytes(2, "little") + bytes(TENSOR_HEADER_BYTES + TENSOR_BYTES)
     while True:
-        if not poller.poll(100):
+        try:  # poll only when the queue is empty, as the Inbox does
+            data = sub.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            sub.poll(100)
             continue
-        frames = sub.recv_multipart(copy=False)
-        pub.send_multipart([frames[0].bytes.replace(b"raw/", b"tensor/", 1), header, payload], copy=False)
+        buf = data.buffer
+        nul = bytes(buf[:161]).find(b"\0")  # the topic ends at the first NUL
+        pub.send(b"".join((b"tensor/", buf[4:nul], tail)))
 
 
 def role_sink(addr: str, idle_s: float) -> None:
@@ -116,11 +131,15 @@ def role_sink(addr: str, idle_s: float) -> None:
     while True:
         if not sub.poll(int(idle_s * 1000) if n else 60_000):
             break
-        sub.recv_multipart(copy=False)
+        while True:
+            try:
+                sub.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            n += 1
         t_last = time.perf_counter()
-        if n == 0:
+        if not t_first:
             t_first = t_last
-        n += 1
     print(json.dumps({"received": n, "wall_s": t_last - t_first}), flush=True)
 
 
@@ -139,10 +158,10 @@ def run_once(variant: str, streams: int, frames: int) -> dict:
         if variant == "floor":
             stage = bl.python_script(me, "--role", "relay", "--addr", raw_addr, "--out", out_addr)
         else:
-            stage = bl.Proc([sys.executable, "-m", "convert", "--input", raw_addr, "--output", out_addr,
-                             "--hwm", "1000000", "--summary-every", "3600", "--idle-flush-s", "3600"])
+            stage = bl.python_module("convert", "--input", raw_addr, "--output", out_addr, "--hwm", "1000000",
+                                     "--summary-every", "3600", "--idle-flush-s", "3600")
         procs.append(stage)
-        stage.wait_for("ready", timeout=60)
+        stage.wait_for(r"\bready\b", timeout=60)
         sink = bl.python_script(me, "--role", "sink", "--addr", out_addr)
         procs.append(sink)
         stage.wait_for("subscriber joined", timeout=30)
@@ -156,37 +175,54 @@ def run_once(variant: str, streams: int, frames: int) -> dict:
         for p in reversed(procs):
             p.stop()
     n_in = streams * frames
-    us = cpu / n_in * 1e6
-    return {"cpu_us_per_frame": us, "rt_streams_per_core": FRAME_MS * 1000 / us, "fps": n_in / max(s["wall_s"], 1e-9),
-            "frames_in": n_in, "messages_out": s["received"]}
+    us = cpu / n_in * 1e6  # /proc counts 10 ms ticks: a tiny run may read 0
+    return {"cpu_us_per_frame": us, "rt_streams_per_core": bl.ratio(FRAME_MS * 1000, us),
+            "fps": n_in / max(s["wall_s"], 1e-9), "frames_in": n_in, "messages_out": s["received"]}
 
 
-def in_process(frames: int = 3000) -> dict[str, float]:
-    """Where the time goes, in-process, CPU us per raw frame: decode, Converter.handle, encode."""
-    sys.path.insert(0, str(bl.ROOT))
-    from common.metrics import StageMetrics
-    from common.protocol import decode
-    from convert.worker import Converter, ConvertConfig
+def in_process(streams: int = 16, frames: int = 200, frame_ms: float = FRAME_MS, quality: str = "HQ",
+               rate: int = IN_RATE, channels: int = 2, repeat: int = 3) -> dict[str, float]:
+    """Convert's flooded cost in-process, CPU us per raw message (``rate`` Hz ``channels`` s16 in
+    ``frame_ms`` chunks -> 16 kHz mono f32 at ``quality``): ``decode_us`` (codec.decode, what the
+    Inbox pays per message besides the socket) and ``handle_us`` (ConvertLogic.handle with one
+    batch per round of all ``streams``, tensor encoding included). Best of ``repeat`` passes,
+    each on fresh logic. ``rt_streams_per_core`` = chunk duration / (decode + handle)."""
+    from common.observe.metrics import StageMetrics
+    from common.runtime.stage import Now
+    from common.wire import decode
+    from convert.stream import ConvertConfig
+    from convert.worker import ConvertLogic
 
-    msgs = raw_messages(1, frames, IN_RATE, 2)
-    conv = Converter(ConvertConfig(), StageMetrics("convert"))
-    t0 = time.process_time()
-    decoded = [decode(m) for m in msgs]
-    t1 = time.process_time()
-    for m in decoded:
-        conv.handle(m, 0)
-    t2 = time.process_time()
-    return {"decode_us": (t1 - t0) / frames * 1e6, "handle_us": (t2 - t1) / frames * 1e6}
+    msgs = raw_messages(streams, frames, rate, channels, frame_ms)
+    best_dec = best_handle = float("inf")
+    out_msgs = 0
+    for _ in range(repeat):
+        logic = ConvertLogic(ConvertConfig(quality=quality), StageMetrics("bench", summary_every_s=1e9))
+        t0 = time.process_time()
+        decoded = [decode(m) for m in msgs]
+        t1 = time.process_time()
+        now = Now.read()
+        out_msgs = 0
+        for i in range(0, len(decoded), streams):
+            out_msgs += len(logic.handle(decoded[i : i + streams], now))
+        t2 = time.process_time()
+        best_dec, best_handle = min(best_dec, t1 - t0), min(best_handle, t2 - t1)
+    n = len(msgs)
+    dec_us, handle_us = best_dec / n * 1e6, best_handle / n * 1e6
+    return {"decode_us": dec_us, "handle_us": handle_us, "total_us": dec_us + handle_us,
+            "rt_streams_per_core": frame_ms * 1000 / (dec_us + handle_us), "frame_ms": frame_ms, "quality": quality,
+            "streams": streams, "messages_in": n, "messages_out": out_msgs}
 
 
 def seed_comparison() -> tuple[dict, list] | None:
     """bench_peers.bench_convert: the seed article's method vs convert's, on real audio."""
     try:
         import bench_peers
-    except ImportError as e:  # torch missing, or the peers bench moved
+
+        return bench_peers.bench_convert()
+    except ImportError as e:  # torch missing
         print(f"seed comparison skipped: {e}", file=sys.stderr)
         return None
-    return bench_peers.bench_convert()
 
 
 def main() -> int:
@@ -223,8 +259,8 @@ def main() -> int:
     res["convert_cpu_vs_floor"] = bl.ratio(best["convert"]["cpu_us_per_frame"], floor["cpu_us_per_frame"])
     res["passthrough_fps_vs_floor"] = bl.ratio(best["passthrough"]["fps"], floor["fps"])
     res["target_rt_streams_per_core"] = 600
-    res["in_process"] = in_process()
-    label = {"floor": "bare pyzmq recv+send (baseline)", "convert": "convert 48k stereo s16 -> 16k mono f32",
+    ip = res["in_process"] = in_process(args.streams, min(args.frames, 200))
+    label = {"floor": "bare pyzmq recv+send, one part (baseline)", "convert": "convert 48k stereo s16 -> 16k mono f32",
              "passthrough": "convert 16k mono s16 -> 16k mono f32"}
     table = [("path", "CPU us/frame", "RT streams/core", "x floor CPU", "frames/s", "x floor frames/s", "out msgs")]
     for v in variants:
@@ -232,6 +268,10 @@ def main() -> int:
         table.append((label[v], bl.fmt(r["cpu_us_per_frame"]), bl.fmt(r["rt_streams_per_core"]),
                       bl.fmt(bl.ratio(r["cpu_us_per_frame"], floor["cpu_us_per_frame"])), bl.fmt(r["fps"]),
                       bl.fmt(bl.ratio(r["fps"], floor["fps"])), str(r["messages_out"])))
+    table.append(("in-process: codec.decode + ConvertLogic.handle (48k stereo)", bl.fmt(ip["total_us"]),
+                  bl.fmt(ip["rt_streams_per_core"]), bl.fmt(bl.ratio(ip["total_us"], floor["cpu_us_per_frame"])),
+                  "", "", str(ip["messages_out"])))
+    table.append(("in-process: of which codec.decode", bl.fmt(ip["decode_us"]), "", "", "", "", ""))
     if not args.skip_seed:
         seed = seed_comparison()
         if seed is not None:

@@ -9,8 +9,8 @@ Pipeline (each its own process, tcp loopback):
 1. Calibration: ``--calib-streams`` streams for a few seconds; each stage's CPU share gives the
    capacity of this machine (the busiest stage on one core, and all stages on all cores).
 2. Measurement: ``round(--load x capacity)`` streams (default 50 %) for ``--seconds``.
-   From each result's trace ([stage, t_in_ns, t_out_ns] per hop, appended by convert and
-   classify) and the window's ``end_ns`` (wall-clock end of its last sample):
+   From each result's trace (Hop(stage, t_in_ns, t_out_ns) per hop, appended by capture,
+   convert and classify) and the window's ``end_ns`` (wall-clock end of its last sample):
 
    - capture hop: raw frame received here - end of its last sample (stream s0)
    - end -> convert in: window end -> convert receives the raw frame completing it
@@ -36,7 +36,6 @@ import sys
 import time
 
 import benchlib as bl
-import numpy as np
 import zmq
 from bench_floor import run_hop
 
@@ -72,7 +71,7 @@ class Pipeline:
         c.wait_for(r"subscriber joined", timeout=30)
 
     def start_capture(self, n: int) -> bl.Proc:
-        from common.protocol import Kind, topic_for
+        from common.wire import Kind, topic_for
 
         if "capture" in self.procs:
             self.procs.pop("capture").stop()
@@ -82,7 +81,7 @@ class Pipeline:
         for i in range(n):
             args += ["--source", f"synth:noise#s{i}"]
         cap = self.procs["capture"] = bl.python_module(
-            "capture", *args, "--rate", "48000", "--channels", "2", "--frame-ms", f"{self.frame_ms:g}",
+            "capture", *args, "--rate", "48000", "--channels", "2", "--chunk-ms", f"{self.frame_ms:g}",
             "--output", self.raw, "--wait-subscriber", "30")
         cap.wait_for(r"subscriber joined", timeout=60)
         self.raw_sub = self.ctx.socket(zmq.SUB)
@@ -93,7 +92,7 @@ class Pipeline:
 
     def collect(self, seconds: float) -> tuple[list, list, dict[str, float]]:
         """Results and s0 raw arrivals for ``seconds``; returns them and each process's CPU share."""
-        from common.protocol import ProtocolError, decode
+        from common.wire import ProtocolError, decode
 
         results, raw_lat = [], []
         poller = zmq.Poller()
@@ -106,18 +105,18 @@ class Pipeline:
             for sock, _ in poller.poll(100):
                 while True:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        data = sock.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     t_recv = time.time_ns()
                     try:
-                        msg = decode(frames)
+                        msg = decode(data)
                     except ProtocolError:
                         continue
                     if sock is self.raw_sub:
-                        raw_lat.append((t_recv - msg.header.span_ns()[1]) / 1e6)
-                    else:
-                        results.append((t_recv, msg.header.trace, msg.result().get("end_ns"), msg.header.stream))
+                        raw_lat.append((t_recv - msg.header.end_ns) / 1e6)
+                    elif not msg.final:  # a final result is cut at the end of the audio, not at a window's end
+                        results.append((t_recv, msg.trace, msg.end_ns, msg.stream))
         wall = time.perf_counter() - t0
         share = {k: (bl.proc_cpu_s(p.pid) - cpu0[k]) / wall for k, p in self.procs.items()}
         return results, raw_lat, share

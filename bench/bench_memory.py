@@ -64,10 +64,10 @@ class Stages:
             if self.sub.poll(100):
                 while True:
                     try:
-                        topic = self.sub.recv_multipart(zmq.NOBLOCK)[0]
+                        data = self.sub.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    stream = topic.decode().split("/")[2]
+                    stream = data[: data.index(b"\0")].decode().split("/")[2]  # result/BB/STREAM/MODEL/
                     self.results[stream] = self.results.get(stream, 0) + 1
                 last = time.monotonic()
             elif time.monotonic() - last > quiet_s and (until is None or until(self.results)):
@@ -85,9 +85,26 @@ def _frames(rng: np.random.Generator, n: int) -> list[bytes]:
     return [(rng.standard_normal((FRAME, CH)) * 3000).astype("<i2").tobytes() for _ in range(n)]
 
 
+def _header(stream: str, i: int, t_ns: int):
+    from common.wire import AudioHeader, Layout, SampleFormat
+
+    return AudioHeader(stream=stream, epoch=1, seq=i, t_capture_ns=t_ns, rate=RATE, channels=CH,
+                       format=SampleFormat.S16, layout=Layout.INTERLEAVED, samples=FRAME, offset=i * FRAME,
+                       source="bench")
+
+
+def _outbox(ctx: zmq.Context, addr: str):
+    """An Outbox that refuses (instead of dropping) when a subscriber's queue is full."""
+    from common.observe.metrics import StageMetrics
+    from common.transport.outbox import Outbox
+    from common.transport.sockets import SocketOptions
+
+    return Outbox(ctx, [addr], SocketOptions(hwm=100_000, nodrop=True), StageMetrics("bench", summary_every_s=1e9))
+
+
 def publish(pub, streams: list[str], frames_per_stream: int, rate_fps: float, t_ns0: int | None = None) -> None:
     """Send ``frames_per_stream`` frames to each stream, interleaved, at ``rate_fps`` frames/s in total."""
-    from common.protocol import Header, Kind, encode
+    from common.wire import Kind, encode_audio
 
     payloads = _frames(np.random.default_rng(0), 25)
     t0 = time.perf_counter()
@@ -99,20 +116,16 @@ def publish(pub, streams: list[str], frames_per_stream: int, rate_fps: float, t_
             dt = due - time.perf_counter()
             if dt > 0:
                 time.sleep(dt)
-            h = Header(Kind.RAW, s, epoch=1, seq=i, t_capture_ns=base + i * 20_000_000, rate=RATE, channels=CH,
-                       format="s16", frames=FRAME, offset=i * FRAME, source="bench")
-            while not pub.send(encode(h, payloads[k % len(payloads)])):
+            data = encode_audio(Kind.RAW, _header(s, i, base + i * 20_000_000), payloads[k % len(payloads)])
+            while not pub.send(data):
                 time.sleep(0.001)
             k += 1
 
 
 def per_stream_cost(n_streams: int, rate_fps: float) -> dict:
-    from common.publisher import Publisher
-    from common.sockets import SocketOptions
-
     ctx = zmq.Context()
     raw = bl.free_tcp()
-    pub = Publisher(ctx, [raw], SocketOptions(hwm=100_000))
+    pub = _outbox(ctx, raw)
     st = Stages(raw)
     try:
         pub.wait_for_subscriber(30)
@@ -221,12 +234,10 @@ def long_replay(record_s: float, replay_s: float, warmup_s: float, speed: float,
 
 def role_publish(addr: str, streams: int, speed: float, seconds: float) -> None:
     """Fallback driver: publish synthetic frames at ``speed`` x real time until ``seconds`` pass."""
-    from common.protocol import Header, Kind, encode
-    from common.publisher import Publisher
-    from common.sockets import SocketOptions
+    from common.wire import Kind, encode_audio
 
     ctx = zmq.Context()
-    pub = Publisher(ctx, [addr], SocketOptions(hwm=100_000))
+    pub = _outbox(ctx, addr)
     pub.wait_for_subscriber(30)
     print("publishing", flush=True)
     payloads = _frames(np.random.default_rng(0), 50)
@@ -236,9 +247,7 @@ def role_publish(addr: str, streams: int, speed: float, seconds: float) -> None:
         if dt > 0:
             time.sleep(dt)
         for s in range(streams):
-            h = Header(Kind.RAW, f"r{s}", epoch=1, seq=i, t_capture_ns=base + i * 20_000_000, rate=RATE, channels=CH,
-                       format="s16", frames=FRAME, offset=i * FRAME, source="bench")
-            pub.send(encode(h, payloads[i % len(payloads)]))
+            pub.send(encode_audio(Kind.RAW, _header(f"r{s}", i, base + i * 20_000_000), payloads[i % len(payloads)]))
         i += 1
     pub.close()
     ctx.term()

