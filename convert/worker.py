@@ -174,6 +174,12 @@ def run(
     """Receive raw chunks on ``inputs``, publish tensors on ``outputs`` until stopped."""
     prefixes = shard_prefixes(Kind.RAW, *shard) if shard else [b"raw/"]
     logic = ConvertLogic(cfg, metrics, opts)
+    if cfg.quality == "LD":  # scipy's import and the filter design (~1.5 s) before ready, not on the first stream
+        from convert.lowdelay import design, supported
+
+        for common_rate in (48_000, 44_100, 32_000, 16_000, 8_000):
+            if common_rate != cfg.rate and supported(common_rate, cfg.rate):
+                design(common_rate, cfg.rate)
     with Runtime(STAGE, metrics, stop, health_file) as rt:
         inbox = rt.inbox(inputs, prefixes, sockopts)
         outbox = rt.outbox(outputs, sockopts)

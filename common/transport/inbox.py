@@ -103,7 +103,9 @@ class Inbox:
         """Wait up to ``timeout_s`` for messages; return every one queued (at most ``limit``).
 
         ``gather_s`` > 0: after the first message, keep collecting for up to that long, so
-        messages that arrive a little apart (streams sent in turn) make one batch.
+        messages that arrive a little apart (streams sent in turn) make one batch. An empty
+        list means nothing arrived yet, not the end: it can come before ``timeout_s`` when the
+        poller wakes for something else (the link monitor).
         """
         out: list[Message] = []
         if self.sock not in self.poller.wait(timeout_s) and not self._ready():
