@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 I64 = 2**63 - 1
 
 names = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
-texts = st.text(alphabet=st.characters(blacklist_categories=("Cc",), blacklist_characters="\x7f"), max_size=40)
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\x7f"), max_size=40)
 labels_text = texts.filter(lambda s: 0 < len(s) and m.is_text(s))
 times = st.integers(0, I64)
 scores = st.floats(0.0, 1.0, allow_nan=False)
@@ -56,10 +56,14 @@ def audio(draw) -> tuple[Kind, AudioHeader, bytes]:
     kind = draw(st.sampled_from([Kind.RAW, Kind.TENSOR]))
     fmt = SampleFormat.F32 if kind is Kind.TENSOR else draw(st.sampled_from(list(SampleFormat)))
     layout = Layout.PLANAR if kind is Kind.TENSOR else draw(st.sampled_from(list(Layout)))
+    # within what decode accepts: offset + samples + lost and the chunk's end stay inside int64
+    samples = draw(st.integers(1, 300))
+    offset = draw(st.integers(0, I64 - samples))
     h = AudioHeader(
-        stream=draw(names), epoch=draw(times), seq=draw(times), t_capture_ns=draw(times),
+        stream=draw(names), epoch=draw(times), seq=draw(times),
+        t_capture_ns=draw(st.integers(0, I64 - 2 * m.MAX_CHUNK_S * 1_000_000_000)),
         rate=draw(st.integers(300, m.MAX_RATE_HZ)), channels=draw(st.integers(1, 8)), format=fmt, layout=layout,
-        samples=draw(st.integers(1, 300)), offset=draw(times), flags=draw(st.integers(0, 7)), lost=draw(times),
+        samples=samples, offset=offset, flags=draw(st.integers(0, 7)), lost=draw(st.integers(0, I64 - offset - samples)),
         source=draw(texts.filter(m.is_text)), trace=draw(traces),
     )
     payload = draw(st.binary(min_size=h.payload_bytes, max_size=h.payload_bytes))
