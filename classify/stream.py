@@ -10,8 +10,8 @@ tensor message top to bottom:
     4. the samples join the stream's window buffer (classify.windows)
 
 A window's lag (for ``--max-lag-ms``) is measured against the stream's own delivery delay:
-``lag = now - window end - delay``, where ``delay`` is the smallest (arrival - audio end)
-seen since the last restart, i.e. the transport delay plus any clock offset between the
+``lag = now - end of the tensor that completed the window - delay``, where ``delay`` is the
+smallest (arrival - audio end) seen since the last restart, i.e. the transport delay plus any clock offset between the
 boxes. A live stream after a 60 s stall is 60 s behind; a recording replayed at its pace
 with old stamps is not. Stamps ahead of the clock (a file read faster than real time)
 never count as late.
@@ -116,7 +116,7 @@ class StreamSlot:
 
     def lag_ns(self, now_ns: int) -> int:
         """How late the oldest ready window is (see the module docstring). Call only when one is ready."""
-        late = now_ns - self.windows.oldest_window_end_ns()
+        late = now_ns - self.windows.oldest_window_delivered_ns()
         return min(late, late - (self.delay_ns or 0))
 
     def cadence_s(self) -> float:

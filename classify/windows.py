@@ -145,6 +145,13 @@ class StreamWindows:
         last = self.offset + self.window
         return self._time_of(self._anchor_of(last - 1), last)
 
+    def oldest_window_delivered_ns(self) -> int:
+        """Wall-clock ns of the end of the tensor that completed the oldest ready window: the
+        audio a window waits for inside its tensor is upstream chunking, not lateness here.
+        Call only when ``ready()``."""
+        a = self._anchor_of(self.offset + self.window - 1)
+        return self._time_of(a, a.index + a.frames)
+
     def newest_end_ns(self) -> int:
         """Wall-clock ns just after the newest buffered sample. Call only when something is buffered."""
         a = self.anchors[-1]

@@ -147,22 +147,21 @@ class ClassifyLogic:
         slot.shed(windows, self.spec.hop)
 
     def shed_stale(self, now_ns: int) -> None:
-        """Drop the oldest windows of every stream whose results would come too late (StreamSlot.lag_ns)."""
+        """Drop every ready window of a stream whose result would come too late (StreamSlot.lag_ns):
+        after a stall the backlog arrives over several reads, and none of it may be served late."""
         if self.max_lag_ns <= 0:
             return
         hop = self.spec.hop
         hop_ns = hop * 1_000_000_000 // self.spec.rate
         for slot in self.slots.values():
             w = slot.windows
-            ready = w.ready_count()
-            if ready == 0:
-                continue
-            lag = slot.lag_ns(now_ns)
-            if lag > self.max_lag_ns:
-                hops = min(-(-(lag - self.max_lag_ns) // hop_ns), ready - (0 if slot.ended else 1))
-                dropped = w.skip(hops * hop) if hops > 0 else 0
-                if dropped:
-                    self._shed(slot, dropped, "stale")
+            dropped = 0
+            while (ready := w.ready_count()) and (lag := slot.lag_ns(now_ns)) > self.max_lag_ns:
+                # at least one hop per pass; a big tensor's windows share one delivery time
+                hops = min(max(1, (lag - self.max_lag_ns) // hop_ns), ready)
+                dropped += w.skip(hops * hop)
+            if dropped:
+                self._shed(slot, dropped, "stale")
 
     # ---- timers ----------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def _apply(sock: zmq.Socket, opts: SocketOptions, binding: bool, endpoints: list
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, opts.heartbeat_timeout_ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, opts.heartbeat_timeout_ms)
     sock.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_bytes)
-    if opts.nodrop and sock.socket_type in (zmq.PUB, zmq.XPUB):
+    if opts.nodrop and sock.type in (zmq.PUB, zmq.XPUB):
         sock.setsockopt(zmq.XPUB_NODROP, 1)
     if opts.curve is not None:
         _apply_curve(sock, opts.curve, binding, endpoints)

@@ -133,6 +133,33 @@ def test_a_stall_longer_than_max_lag_sheds_the_stale_windows_and_reports_them():
     assert out_after and out_after[0].lost_ns >= 58 * NS and out_after[0].flags & Flag.DISCONTINUITY
 
 
+def test_a_backlog_read_in_parts_after_a_stall_serves_nothing_late():
+    """A real worker reads its backlog over many receives (CI: 11 results 4-6 s old after a 6 s
+    stall, one per read, because the newest ready window of each read was always kept)."""
+    h = Harness("level", max_lag_ms=1000)
+    x = np.full(1600, 0.1, np.float32)
+    for i in range(50):  # 5 s live
+        h.logic.handle([tensor("a", i, i * 1600, x)], Now(i * 0.1, T0 + (i + 1) * 100_000_000 + 5_000_000))
+    served = []
+    for part in range(10):  # 6 s later, 60 queued tensors arrive 6 per read, 10 ms apart
+        now = Now(11.0 + part * 0.01, T0 + 11 * NS + part * 10_000_000)
+        batch = [tensor("a", i, i * 1600, x) for i in range(50 + part * 6, 56 + part * 6)]
+        served += [decode(b) for b in h.logic.handle(batch, now)]
+        assert all(now.wall_ns - r.end_ns <= 1_100_000_000 for r in served[-6:]), "a late result was served"
+    assert h.metrics.drops["stale_window"] >= 50
+
+
+def test_windows_waiting_inside_a_long_tensor_are_not_late():
+    """2 s tensors: the first window of each was complete 1.9 s before the tensor arrived. That is
+    upstream chunking, not lag: --max-lag-ms 1000 must not shed it."""
+    h = Harness("level", max_lag_ms=1000)
+    x = np.full(32_000, 0.1, np.float32)
+    out = []
+    for i in range(5):
+        out += [decode(b) for b in h.logic.handle([tensor("a", i, i * 32_000, x)],
+                                                  Now(i * 2.0, T0 + (i + 1) * 2 * NS + 5_000_000))]
+    assert not h.metrics.drops and len(out) >= 5 * 19
+
 def test_a_replay_at_its_own_pace_with_old_stamps_is_not_stale():
     """A recording replayed in real time carries its old capture times: not late at all."""
     h = Harness("level", max_lag_ms=1000)
