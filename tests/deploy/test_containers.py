@@ -268,21 +268,16 @@ def wait_for(what: str, cond: Callable[[], object], timeout: float, diagnose: Ca
         time.sleep(1)  # polling docker for a state it reports; the assertion is on what it reports
 
 
-RESULT = re.compile(r"^(?P<stream>\S+) (?P<model>vad|yamnet) \S+ (?P<labels>.*?)(?: \[| lat |$)")
+# tail's plain event lines: "12:28:30.645 kitchen vad: speech started at 227.60 s (0.95)" and
+# "12:28:31.093 kitchen vad: speech 227.60-228.05 s (peak 1.00)" (classify/tail.py, _plain)
+EVENT = re.compile(r"^\S+ (?P<stream>\S+) (?P<model>vad|yamnet): (?P<label>.+?) "
+                   r"(?:started at [\d.]+ s \(|[\d.]+-[\d.]+ s \(peak )[\d.]+\)$")
 
 
 def labels_seen(lines: list[str], stream: str, model: str) -> set[str]:
-    """Labels tail printed for ``stream``/``model`` (top 3 per result; for vad only scores >= 0.5)."""
-    seen = set()
-    for line in lines:
-        m = RESULT.match(line)
-        if not m or m["stream"] != stream or m["model"] != model:
-            continue
-        for part in m["labels"].split(", "):
-            label, _, score = part.rpartition(" ")
-            if model != "vad" or float(score) >= 0.5:
-                seen.add(label)
-    return seen
+    """Labels whose events (starts or spans) tail printed for ``stream``/``model``."""
+    return {m["label"] for line in lines
+            if (m := EVENT.match(line)) and m["stream"] == stream and m["model"] == model}
 
 
 def speech_in_tail(stack: Stack, stream: str) -> bool:
