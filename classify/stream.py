@@ -11,8 +11,8 @@ tensor message top to bottom:
 
 A window's lag (for ``--max-lag-ms``) is measured against the stream's own delivery delay:
 ``lag = now - end of the tensor that completed the window - delay``, where ``delay`` is the
-smallest (arrival - audio end) seen since the last restart, i.e. the transport delay plus any clock offset between the
-boxes. A live stream after a 60 s stall is 60 s behind; a recording replayed at its pace
+smallest (arrival - audio end) seen since the last new epoch or publisher restart, i.e. the
+transport delay plus any clock offset between the boxes (a gap keeps it). A live stream after a 60 s stall is 60 s behind; a recording replayed at its pace
 with old stamps is not. Stamps ahead of the clock (a file read faster than real time)
 never count as late.
 """
@@ -55,7 +55,7 @@ class StreamSlot:
         self.last_samples = 0  # samples in its newest tensor
         self.gaps: deque[float] = deque(maxlen=4)  # seconds between its newest tensors' arrivals
         self.last_anchor: Anchor | None = None  # the newest tensor (for stops after the last window)
-        self.delay_ns: int | None = None  # smallest (arrival - audio end) since the last restart
+        self.delay_ns: int | None = None  # smallest (arrival - audio end) since the last new epoch or publisher restart
         self.topic = topic_for(Kind.RESULT, stream, spec.name)
 
     def accept(self, msg: Audio, now_mono: float, now_ns: int, serve_now) -> int:
@@ -81,6 +81,10 @@ class StreamSlot:
                 if cont is Continuity.NEW_EPOCH:
                     self.epoch, self.result_seq = h.epoch, 0
                 self.restart(h.offset, h.t_capture_ns)
+                if cont in (Continuity.NEW_EPOCH, Continuity.RESTART):
+                    # another publisher's clock may differ: measure the delay anew. A gap keeps
+                    # it: the first tensors after a stall arrive late and would set it too high.
+                    self.delay_ns = None
             self.lost += gap + h.lost
         end_ns = h.end_ns
         delay = now_ns - end_ns
@@ -105,7 +109,6 @@ class StreamSlot:
         if self.state is not None:
             self.state.reset()
         self.pending_events += self.events.reset(t_ns)
-        self.delay_ns = None
 
     def shed(self, windows: int, hop: int) -> None:
         """``windows`` were dropped unclassified (stale, or the buffer bound): report them as lost."""

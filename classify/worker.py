@@ -48,6 +48,7 @@ STAGE = "classify"
 MIN_BUFFER_S = 60.0  # per-stream buffer bound (memory guard) when --max-lag-ms is smaller or off
 LIVE_S = 1.0  # a stream that sent a tensor this recently is expected to complete a window soon
 MAX_RESUME = 4096  # result numbering remembered for streams that went idle
+STALL_S = 1.0  # ticks further apart than this: the process was not running (the runtime ticks every 0.1 s)
 _DISC, _END = int(Flag.DISCONTINUITY), int(Flag.END)
 
 
@@ -77,7 +78,8 @@ class ClassifyLogic:
         self.max_lag_ns = int(cfg.max_lag_ms * 1_000_000)
         self.buffer_samples = spec.window + spec.hop + int(max(cfg.max_lag_ms / 1000, MIN_BUFFER_S) * spec.rate)
         self.slots: StreamTable[StreamSlot] = StreamTable(cfg.max_streams, metrics)
-        self.resume: dict[str, tuple[int, int]] = {}  # stream -> (epoch, next result seq) of a forgotten slot
+        # stream -> (epoch, next result seq, delay_ns) of a forgotten slot
+        self.resume: dict[str, tuple[int, int, int | None]] = {}
         self.batch_wait_s = cfg.batch_wait_ms / 1000
         self.first_ready: float | None = None  # time.monotonic() when a window began waiting for a batch
         self.warn = RateLimitedLog(log)
@@ -86,11 +88,14 @@ class ClassifyLogic:
         self.model_cpu_s = 0.0
         self._out: list[bytes] = []
         self._next_idle_check = 0.0
+        self._last_tick = math.inf  # time.monotonic() of the previous tick (a jump is a stall)
         self._backlog = False
+        self._now = Now(0.0, 0)  # set by handle()
 
     # ---- the batch -------------------------------------------------------------------
 
     def handle(self, batch: list[Audio], now: Now) -> list[bytes]:
+        self._now = now  # the clock of this batch, for windows served before a break (_serve_now)
         for msg in batch:
             self._accept(msg, now)
         # A full batch means more is queued: a stream that looks idle may only be waiting in the
@@ -126,9 +131,9 @@ class ClassifyLogic:
     def _new_slot(self, msg: Audio) -> StreamSlot:
         h = msg.header
         slot = StreamSlot(h.stream, self.model, self.on, self.off, self.buffer_samples)
-        epoch, seq = self.resume.pop(h.stream, (None, 0))
-        if epoch == h.epoch:  # back after an idle flush in the same epoch: results keep counting
-            slot.result_seq = seq
+        epoch, seq, delay_ns = self.resume.pop(h.stream, (None, 0, None))
+        if epoch == h.epoch:  # back after an idle flush in the same epoch: results keep counting,
+            slot.result_seq, slot.delay_ns = seq, delay_ns  # and its late tensors are still late
         elif h.offset > 0:
             # Joining mid-epoch (this worker restarted): number results where a previous instance
             # would be, so consumers count the lost results as a gap; DISCONTINUITY lets them
@@ -147,26 +152,37 @@ class ClassifyLogic:
         slot.shed(windows, self.spec.hop)
 
     def shed_stale(self, now_ns: int) -> None:
-        """Drop every ready window of a stream whose result would come too late (StreamSlot.lag_ns):
+        """Drop the late windows of every stream (see ``_shed_late``)."""
+        if self.max_lag_ns <= 0:
+            return
+        for slot in self.slots.values():
+            self._shed_late(slot, now_ns)
+
+    def _shed_late(self, slot: StreamSlot, now_ns: int) -> None:
+        """Drop every ready window of ``slot`` whose result would come too late (StreamSlot.lag_ns):
         after a stall the backlog arrives over several reads, and none of it may be served late."""
         if self.max_lag_ns <= 0:
             return
         hop = self.spec.hop
         hop_ns = hop * 1_000_000_000 // self.spec.rate
-        for slot in self.slots.values():
-            w = slot.windows
-            dropped = 0
-            while (ready := w.ready_count()) and (lag := slot.lag_ns(now_ns)) > self.max_lag_ns:
-                # at least one hop per pass; a big tensor's windows share one delivery time
-                hops = min(max(1, (lag - self.max_lag_ns) // hop_ns), ready)
-                dropped += w.skip(hops * hop)
-            if dropped:
-                self._shed(slot, dropped, "stale")
+        w = slot.windows
+        dropped = 0
+        while (ready := w.ready_count()) and (lag := slot.lag_ns(now_ns)) > self.max_lag_ns:
+            # at least one hop per pass; a big tensor's windows share one delivery time
+            hops = min(max(1, (lag - self.max_lag_ns) // hop_ns), ready)
+            dropped += w.skip(hops * hop)
+        if dropped:
+            self._shed(slot, dropped, "stale")
 
     # ---- timers ----------------------------------------------------------------------
 
     def tick(self, now: Now) -> list[bytes]:
         self.shed_stale(now.wall_ns)
+        if now.mono - self._last_tick > STALL_S:
+            # This process was not running (SIGSTOP, swapped out, a long model call): the input
+            # has not caught up, so nobody can be judged idle until one idle period has passed.
+            self._next_idle_check = max(self._next_idle_check, now.mono + self.cfg.idle_s)
+        self._last_tick = now.mono
         if now.mono >= self._next_idle_check and not self._backlog:
             self._next_idle_check = now.mono + 1.0
             self.flush_idle(now.mono)
@@ -246,7 +262,8 @@ class ClassifyLogic:
 
     def _serve_now(self, slot: StreamSlot) -> None:
         """Classify one slot's ready windows right away (before a restart discards them)."""
-        now = Now.read()
+        now = self._now
+        self._shed_late(slot, now.wall_ns)  # a gap after a stall: its backlog is late, not good audio
         per_call = 1 if self.spec.stateful else self.spec.max_batch
         while slot.windows.ready_count():
             n = min(slot.windows.ready_count(), per_call)
@@ -307,7 +324,7 @@ class ClassifyLogic:
         for slot in ended:
             if len(self.resume) >= MAX_RESUME:
                 self.resume.pop(next(iter(self.resume)))
-            self.resume[slot.stream] = (slot.epoch, slot.result_seq)
+            self.resume[slot.stream] = (slot.epoch, slot.result_seq, slot.delay_ns)
             self.slots.pop(slot.stream)
         return made
 

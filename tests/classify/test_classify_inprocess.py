@@ -65,8 +65,12 @@ class Harness:
         return out
 
     def later(self, seconds: float) -> list[Result]:
-        self.mono += seconds
-        return [decode(b) for b in self.logic.tick(self.now())]
+        """``seconds`` pass with the runtime's ticks (every 0.1 s) and no input."""
+        out = []
+        for _ in range(round(seconds / 0.1)):
+            self.mono += 0.1
+            out += [decode(b) for b in self.logic.tick(self.now())]
+        return out
 
 
 def scores(rs: list[Result]) -> np.ndarray:
@@ -147,6 +151,60 @@ def test_a_backlog_read_in_parts_after_a_stall_serves_nothing_late():
         served += [decode(b) for b in h.logic.handle(batch, now)]
         assert all(now.wall_ns - r.end_ns <= 1_100_000_000 for r in served[-6:]), "a late result was served"
     assert h.metrics.drops["stale_window"] >= 50
+
+
+def test_a_gap_in_a_backlog_after_a_stall_serves_nothing_late():
+    """The sender dropped tensors while the worker was stopped (its queue was full): the gap used
+    to serve the windows before it at once and to measure the stream's delay anew from the first,
+    late, tensor after it, so the whole backlog counted as on time (CI: results 4-6 s old)."""
+    h = Harness("level", max_lag_ms=1000)
+    x = np.full(1600, 0.1, np.float32)
+    for i in range(50):  # 5 s live
+        h.logic.handle([tensor("a", i, i * 1600, x)], Now(i * 0.1, T0 + (i + 1) * 100_000_000 + 5_000_000))
+    served = []
+    seqs = [*range(50, 56), *range(70, 110)]  # 56-69 dropped upstream during the stall
+    for part in range(0, len(seqs), 4):
+        now = Now(11.0 + part * 0.01, T0 + 11 * NS + part * 10_000_000)
+        batch = [tensor("a", i, i * 1600, x) for i in seqs[part : part + 4]]
+        out = [decode(b) for b in h.logic.handle(batch, now)]
+        assert all(now.wall_ns - r.end_ns <= 1_100_000_000 for r in out), "a late result was served"
+        served += out
+    assert h.metrics.drops["stale_window"] >= 30
+    assert sum(r.lost_ns for r in served) >= 14 * 100_000_000
+
+
+def test_a_stalled_worker_flushes_nobody_as_idle_before_its_input_caught_up():
+    """After SIGCONT the first tick came before the queued tensors: the stream looked 6 s idle,
+    was flushed, and came back as a new slot whose delay was measured from its late backlog,
+    so the whole backlog was served 4-5 s late (CI)."""
+    h = Harness("level", max_lag_ms=1000, idle_s=5.0)
+    x = np.full(1600, 0.1, np.float32)
+    for i in range(50):
+        h.logic.handle([tensor("a", i, i * 1600, x)], Now(i * 0.1, T0 + (i + 1) * 100_000_000 + 5_000_000))
+    woke = Now(11.0, T0 + 11 * NS)
+    assert h.logic.tick(woke) == [] and not h.metrics.events.get("idle_flush")
+    served = []
+    for part in range(10):
+        now = Now(11.0 + part * 0.01, T0 + 11 * NS + part * 10_000_000)
+        batch = [tensor("a", i, i * 1600, x) for i in range(50 + part * 6, 56 + part * 6)]
+        out = [decode(b) for b in h.logic.handle(batch, now)]
+        assert all(now.wall_ns - r.end_ns <= 1_100_000_000 for r in out), "a late result was served"
+        served += out
+    assert h.metrics.drops["stale_window"] >= 50
+
+
+def test_a_stream_back_after_an_idle_flush_keeps_its_delay():
+    """An idle flush forgets the slot; the same epoch coming back late is still late."""
+    h = Harness("level", max_lag_ms=1000, idle_s=1.0)
+    x = np.full(1600, 0.1, np.float32)
+    for i in range(20):
+        h.logic.handle([tensor("a", i, i * 1600, x)], Now(i * 0.1, T0 + (i + 1) * 100_000_000 + 5_000_000))
+    for k in range(30):  # ticks every 0.1 s: the stream goes quiet and is flushed
+        h.logic.tick(Now(2.0 + k * 0.1, T0 + 2 * NS + k * 100_000_000))
+    assert h.metrics.events["idle_flush"] == 1
+    now = Now(5.0, T0 + 5 * NS)  # its next tensors arrive 3 s late (held up on the way)
+    out = [decode(b) for b in h.logic.handle([tensor("a", i, i * 1600, x) for i in range(20, 30)], now)]
+    assert all(now.wall_ns - r.end_ns <= 1_100_000_000 for r in out) and h.metrics.drops["stale_window"] >= 9
 
 
 def test_windows_waiting_inside_a_long_tensor_are_not_late():
