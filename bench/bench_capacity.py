@@ -592,8 +592,9 @@ def main() -> int:
     if args.role == "sink":
         role_sink(args.results, args.replayed)
         return 0
-    if args.quick:
-        args.steps, args.probe_s, args.warmup_s, args.hold_s, args.refine, args.flood_s = "2,4", 2.0, 1.5, 3.0, 0, 1.0
+    if args.quick:  # an explicit --steps still counts (the test suite runs one step)
+        steps = args.steps if args.steps != DEFAULT_STEPS else "2,4"
+        args.steps, args.probe_s, args.warmup_s, args.hold_s, args.refine, args.flood_s = steps, 2.0, 1.5, 3.0, 0, 1.0
     names = [x.strip() for x in args.settings.split(",") if x.strip()]
     unknown = [x for x in names if x not in SETTINGS]
     if unknown:

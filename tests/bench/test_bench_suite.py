@@ -145,9 +145,9 @@ def test_memory_bench_replays_a_real_recording():
 
 @pytest.mark.slow
 def test_capacity_bench_accounts_for_every_window_it_sent():
-    """--quick: 2 and 4 streams in each setting. Under any load, nothing may go missing silently,
-    and the sources send all their audio; whether latency stays under 100 ms is not asserted."""
-    r = _run(str(BENCH / "bench_capacity.py"), "--quick", timeout=420)
+    """--quick at one step (3 streams) in each setting. Under any load, nothing may go missing
+    silently, and the sources send all their audio; whether latency stays under 100 ms is not asserted."""
+    r = _run(str(BENCH / "bench_capacity.py"), "--quick", "--steps", "3", timeout=420)
     assert set(r["settings"]) == {"default", "low-latency", "replay"}
     for name, s in r["settings"].items():
         steps = [x for x in s["ramp"]["steps"] if "sent" in x]  # a step that errored out has no counts
