@@ -5,9 +5,11 @@ is kept between runs, the daemon itself is stopped when the module ends, also on
 file keeps two test runs from sharing it. It makes the Dockerfile's base image with debootstrap
 when it is missing (scripts/make-base-image.sh), builds both images, then runs
 
-- docker-compose.yml on the bundled demo recording: results in tail's log, on the proxy's port
-  published on the host and in the record service's volume; every stage healthy (once the stages
-  have `soundbus health`); `down -v` leaves no container, network or volume;
+- docker-compose.yml on the bundled demo recording, with its mqtt and web profiles: results in
+  tail's log, on the proxy's port published on the host, in the record service's volume, on the
+  broker (Home Assistant discovery, stream availability, the speech state) and in the web view
+  (the stream's spectrogram and models, with the token); every container healthy; `down -v`
+  leaves no container, network or volume;
 - deploy/docker-compose.boxes.yml with both profiles on this host: the capture box records the
   host's PulseAudio through its socket, every link is CURVE, a client with an unknown key is refused.
 
@@ -30,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +191,10 @@ def _build_images(engine: Engine) -> None:
         engine.docker("build", "--network=host", f"--target={target}", *extra, "-t", f"soundbus:{target}", ".",
                       timeout=1800, log=engine.state / f"build-{target}.log")
         engine.build_s[target] = time.monotonic() - t
+    t = time.monotonic()  # the compose file's broker (its mqtt profile): Debian's Mosquitto
+    engine.docker("build", "--network=host", "-t", "soundbus-mosquitto:local", "deploy/mosquitto",
+                  timeout=600, log=engine.state / "build-mosquitto.log")
+    engine.build_s["mosquitto"] = time.monotonic() - t
     engine.docker("image", "prune", "-f", timeout=300)  # the images the new tags replaced
 
 
@@ -346,10 +353,46 @@ def test_images_run_as_a_non_root_user_and_carry_a_healthcheck(engine: Engine) -
     print(f"docker: image sizes MB {json.dumps({k: round(v / 1e6) for k, v in sizes.items()})}")
 
 
+def mqtt_messages(port: int, seconds: float) -> dict[str, bytes]:
+    """The latest payload per topic a subscriber to soundbus/# and homeassistant/# on the host's
+    published broker port gets within ``seconds`` (retained ones at once)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: dict[str, bytes] = {}
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
+    client.on_connect = lambda c, *_: c.subscribe([("soundbus/#", 0), ("homeassistant/#", 0)])
+    client.on_message = lambda _c, _u, m: got.__setitem__(m.topic, m.payload)
+    try:
+        client.connect("127.0.0.1", port)
+    except OSError:  # the broker is not listening yet
+        return got
+    client.loop_start()
+    try:
+        time.sleep(seconds)  # collecting what the broker delivers in this time is the measurement
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got
+
+
+def web_state(port: int, token: str) -> dict:
+    """The web view's /api/state on the host's published port, with the token as a bearer."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/state", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):  # not serving yet (URLError and connection resets are OSErrors)
+        return {"columns": {}}
+
+
 def test_compose_stack_on_the_demo_recording_delivers_results_where_the_file_says(engine: Engine) -> None:
-    frontend, backend = free_port(), free_port()
+    frontend, backend, mqtt_port, web_port = free_port(), free_port(), free_port(), free_port()
+    token = uuid.uuid4().hex
     stack = Stack(engine, ROOT / "docker-compose.yml",
-                  {"SOUNDBUS_FRONTEND_PORT": str(frontend), "SOUNDBUS_BACKEND_PORT": str(backend)})
+                  {"SOUNDBUS_FRONTEND_PORT": str(frontend), "SOUNDBUS_BACKEND_PORT": str(backend),
+                   "SOUNDBUS_MQTT_PORT": str(mqtt_port), "SOUNDBUS_WEB_PORT": str(web_port),
+                   "SOUNDBUS_WEB_TOKEN": token}, profiles=("mqtt", "web"))
     try:
         stack.compose("up", "-d", "--no-build", timeout=300)
         # 1. tail's log: speech from vad and from yamnet, on the demo recording's stream.
@@ -362,6 +405,15 @@ def test_compose_stack_on_the_demo_recording_delivers_results_where_the_file_say
         assert len(files) == 1 and re.fullmatch(r"results-\d{8}T\d{6}Z\.0000\.sbrec", files[0]), files
         info = stack.compose("exec", "-T", "record", "soundbus", "info", f"/recordings/{files[0]}").stdout
         assert re.search(r"result/\S*demo", info), info
+        # 4. the mqtt profile's broker, published on the host: discovery, availability, speech states.
+        got = wait_for("Home Assistant discovery and speech state on the broker",
+                       lambda: (m := mqtt_messages(mqtt_port, 3)) and any(t.startswith("homeassistant/") for t in m)
+                       and "soundbus/stream/demo/vad/state/speech" in m and m, 120, stack.diagnose)
+        assert got["soundbus/stream/demo/status"] == b"online"
+        # 5. the web profile's view, published on the host: the stream with its spectrogram and models.
+        state = wait_for("the demo stream in the web view",
+                         lambda: (st := web_state(web_port, token))["columns"].get("demo") and st, 60, stack.diagnose)
+        assert "vad" in json.dumps(state["streams"]["demo"]) and state["server"]["ws_bad"] == 0
         assert_healthy_and_never_restarted(stack)
     except BaseException:
         print(stack.diagnose())

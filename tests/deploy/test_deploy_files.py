@@ -130,6 +130,9 @@ def test_compose_files_validate_with_the_services_and_profiles_the_docs_name() -
     one_box = compose_config(ROOT / "docker-compose.yml")["services"]
     assert set(one_box) == {"proxy", "capture", "convert", "classify-vad", "classify-yamnet", "tail", "record"}
     assert not any(s.get("profiles") for s in one_box.values())  # `docker compose up` starts all of it
+    extras = compose_config(ROOT / "docker-compose.yml", "mqtt", "web")["services"]
+    assert {name: s.get("profiles") for name, s in extras.items() if name not in one_box} == {
+        "mosquitto": ["mqtt"], "mqtt": ["mqtt"], "web": ["web"]}
     boxes = compose_config(BOXES, "inference-box", "capture-box", "capture-box-alsa")["services"]
     # Each service is in exactly one profile, so each box starts only its own services.
     profiles = {name: s.get("profiles", []) for name, s in boxes.items()}
@@ -142,7 +145,7 @@ def test_compose_files_validate_with_the_services_and_profiles_the_docs_name() -
 
 @needs_compose
 @pytest.mark.parametrize("file,profiles", [
-    (ROOT / "docker-compose.yml", ()),
+    (ROOT / "docker-compose.yml", ("mqtt", "web")),
     (BOXES, ("inference-box", "capture-box", "capture-box-alsa")),
 ], ids=["one-box", "boxes"])
 def test_compose_commands_parse_build_from_dockerfile_targets_and_read_keys_from_read_only_mounts(
