@@ -37,6 +37,7 @@ from common.wire.topics import Kind, topic_for
 
 log = logging.getLogger("tail")
 NS = 1_000_000_000
+_DISC = int(Flag.DISCONTINUITY)  # a plain int: IntFlag arithmetic costs ~1-2 us per result
 
 
 def clock(ns: int) -> str:
@@ -132,7 +133,7 @@ class TailLogic:
             t = self.tallies.admit(key, StreamTally)
             if t is None:
                 continue
-            cont, missing = t.cursor.check(r.epoch, r.seq, bool(r.flags & Flag.DISCONTINUITY))
+            cont, missing = t.cursor.check(r.epoch, r.seq, bool(r.flags & _DISC))
             if cont is Continuity.STALE:
                 continue
             if cont in (Continuity.FIRST, Continuity.NEW_EPOCH):

@@ -29,6 +29,7 @@ log = logging.getLogger("soundbus.inbox")
 MAX_BATCH = 4096  # messages handed to a stage per wake-up (bounds one turn's latency and memory)
 MAX_WATCHED = 8192  # streams the silence watchdog remembers
 _ENDED = (HeartbeatState.ENDED, HeartbeatState.FAILED)
+_END = int(Flag.END)  # a plain int: `flags & Flag.END` builds an IntFlag (~1-2 us a message)
 
 
 class Poller:
@@ -147,9 +148,9 @@ class Inbox:
             out.append((msg, frame.bytes) if self.keep_bytes else msg)
             self.received += 1
             if type(msg) is Audio:
-                stream, ended = msg.header.stream, msg.header.flags & Flag.END
+                stream, ended = msg.header.stream, msg.header.flags & _END
             else:  # a Result carries END too; a heartbeat says ENDED/FAILED; stored events have no end
-                stream, ended = msg.stream, getattr(msg, "flags", 0) & Flag.END or getattr(msg, "state", None) in _ENDED
+                stream, ended = msg.stream, getattr(msg, "flags", 0) & _END or getattr(msg, "state", None) in _ENDED
             if ended:
                 last_seen.pop(stream, None)  # ended on purpose: not a silent producer
             else:
