@@ -7,6 +7,7 @@ observable events (a log line, a received message), never on a bare sleep.
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 import time
@@ -23,11 +24,42 @@ ROOT = Path(__file__).resolve().parents[1]
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: 32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS_LOW = 10_000
+_PORTS_HIGH = max(_PORTS_LOW + 1000, _ephemeral_low())
+
+
+def free_port(block: int = 1) -> int:
+    """A TCP port on 127.0.0.1, free right now with the ``block - 1`` ports after it.
+
+    Chosen below the kernel's ephemeral range: a port from bind(("", 0)) is one the kernel also
+    hands to outgoing connections, and ZeroMQ's reconnect attempts to a port that is not bound
+    yet took a neighbouring port as their own local port, so the stage that was to bind it failed
+    with "address in use" (seen with `soundbus up --base-port` under load).
+    """
+    rng = random.Random()
+    for _ in range(1000):
+        first = rng.randrange(_PORTS_LOW, _PORTS_HIGH - block)
+        socks = []
+        try:
+            for port in range(first, first + block):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {block} free port(s) in {_PORTS_LOW}-{_PORTS_HIGH}")
 
 
 def tcp() -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common.wire import Kind
-from tests.conftest import ALSA_SOUNDS, ROOT, start, tcp
+from tests.conftest import ALSA_SOUNDS, ROOT, free_port, start, tcp
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_speech_detected_in_its_time_span_silence_and_tone_not(procs, collector,
 
 def test_soundbus_up_plays_the_bundled_recording(tmp_path) -> None:
     """The README's run command, as a user runs it (fast, so the test is short)."""
-    port = 20000 + (hash(str(tmp_path)) % 20000)
+    port = free_port(block=16)
     proc = subprocess.Popen(
         [sys.executable, "-m", "common.cli", "up", "--fast", "--json", "--base-port", str(port)],
         cwd=ROOT,

@@ -19,7 +19,7 @@ def _leftovers(port: int) -> list[str]:
 
 
 def _up(procs, *args: str) -> tuple[StageProcess, int]:
-    port = free_port()
+    port = free_port(block=16)  # up uses the ports from --base-port on
     p = StageProcess([sys.executable, "-m", "common.cli", "up", "--base-port", str(port), *args])
     procs.append(p)
     return p, port

@@ -32,6 +32,7 @@ from common.wire.codec import ProtocolError, decode
 from common.wire.messages import StoredEvent
 from common.wire.topics import Kind, topic_for
 from events.clips import float_of_flac24, read_clip
+from tests.conftest import tcp
 
 pytestmark = pytest.mark.slow
 
@@ -70,14 +71,6 @@ def procs():
     ps = Procs()
     yield ps
     ps.stop_all()
-
-
-def tcp() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class EventSub:

@@ -8,7 +8,6 @@ and its last log lines are printed (pytest shows them for a failed test).
 from __future__ import annotations
 
 import re
-import socket
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -18,14 +17,10 @@ from pathlib import Path
 import pytest
 
 from common.cli.process import ChildProcess
+from tests.conftest import free_port  # noqa: F401 (the Wyoming tests take it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stage(ChildProcess):
