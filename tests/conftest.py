@@ -66,6 +66,25 @@ def tcp() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
 
 
+class Procs:
+    """Processes started with ``python -m ...`` from the repository root, stopped together (last
+    first) by the test's fixture; their last log lines are printed, which pytest shows on failure."""
+
+    def __init__(self) -> None:
+        self.started: list[ChildProcess] = []
+
+    def start(self, *args: str) -> ChildProcess:
+        p = ChildProcess([sys.executable, "-m", *args], cwd=ROOT)
+        self.started.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in reversed(self.started):
+            p.stop()
+        for p in self.started:
+            print(f"--- {' '.join(p.argv[2:5])} (exit {p.proc.returncode}) ---\n{p.log(40)}")
+
+
 class StageProcess(ChildProcess):
     """A real OS process started from the repository root; its log lines are collected."""
 

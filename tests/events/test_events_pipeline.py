@@ -32,7 +32,7 @@ from common.wire.codec import ProtocolError, decode
 from common.wire.messages import StoredEvent
 from common.wire.topics import Kind, topic_for
 from events.clips import float_of_flac24, read_clip
-from tests.conftest import tcp
+from tests.conftest import Procs, tcp
 
 pytestmark = pytest.mark.slow
 
@@ -46,24 +46,6 @@ PRE_S, POST_S = 0.5, 0.75
 
 # ---------------------------------------------------------------------------------------
 # small fixtures of this module (real processes, always stopped; a real subscriber)
-
-
-class Procs:
-    """Processes started with ``python -m ...`` from the repository root; all stopped at teardown."""
-
-    def __init__(self) -> None:
-        self.started: list[ChildProcess] = []
-
-    def start(self, *args: str) -> ChildProcess:
-        p = ChildProcess([sys.executable, "-m", *args], cwd=ROOT)
-        self.started.append(p)
-        return p
-
-    def stop_all(self) -> None:
-        for p in reversed(self.started):
-            p.stop()
-        for p in self.started:  # shown by pytest only when the test failed
-            print(f"--- {p.name} (exit {p.proc.returncode}) ---\n{p.log(40)}")
 
 
 @pytest.fixture

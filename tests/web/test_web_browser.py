@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.cli.process import ChildProcess
-from tests.conftest import ROOT, tcp
+from tests.conftest import ROOT, Procs, tcp
 
 pytestmark = pytest.mark.slow
 
@@ -46,24 +44,6 @@ CANVAS_SUM = f"""() => {{
   let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + 2 * d[i + 1] + 3 * d[i + 2];
   return s;
 }}"""
-
-
-class Procs:
-    """Processes of this test, all stopped at teardown (their logs printed when the test failed)."""
-
-    def __init__(self) -> None:
-        self.started: list[ChildProcess] = []
-
-    def start(self, *args: str) -> ChildProcess:
-        p = ChildProcess([sys.executable, "-m", *args], cwd=ROOT)
-        self.started.append(p)
-        return p
-
-    def stop_all(self) -> None:
-        for p in reversed(self.started):
-            p.stop()
-        for p in self.started:
-            print(f"--- {' '.join(p.argv[2:5])} (exit {p.proc.returncode}) ---\n{p.log(30)}")
 
 
 @pytest.fixture
