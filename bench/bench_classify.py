@@ -40,11 +40,8 @@ torch.set_num_threads(1)
 
 
 def signal(n_streams: int, frames: int, seed: int = 0) -> np.ndarray:
-    """Speech-like test audio: noise under a slow envelope, different per stream (n_streams, frames)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(frames) / 16_000
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * (1.5 + rng.random((n_streams, 1))) * t)
-    return (0.2 * env * rng.standard_normal((n_streams, frames))).astype(np.float32)
+    """Speech-like test audio at 16 kHz: noise under a 1.5-2.5 Hz envelope (n_streams, frames)."""
+    return bl.enveloped_noise(n_streams, frames, 16_000, 1.5, seed)
 
 
 def model_cpu_per_window(model, batch: int, windows: int) -> float:

@@ -43,6 +43,15 @@ def percentiles(values: Sequence[float] | np.ndarray, ps: Iterable[float] = (50,
     return {f"p{p:g}": (float(np.percentile(arr, p)) if arr.size else float("nan")) for p in ps}
 
 
+def enveloped_noise(n_streams: int, samples: int, rate: int, env_hz: float, seed: int = 0) -> np.ndarray:
+    """(n_streams, samples) float32 test audio for CPU figures: Gaussian noise under a slow sine
+    envelope of ``env_hz`` to ``env_hz + 1`` Hz, different per stream."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / rate
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * (env_hz + rng.random((n_streams, 1))) * t)
+    return (0.2 * env * rng.standard_normal((n_streams, samples))).astype(np.float32)
+
+
 def ratio(value: float, baseline: float) -> float:
     """value / baseline, NaN if the baseline is zero or missing."""
     return float(value) / float(baseline) if baseline else float("nan")
