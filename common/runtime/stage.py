@@ -38,6 +38,7 @@ import zmq
 
 from common.errors import UserError
 from common.observe.metrics import StageMetrics
+from common.runtime import heap
 from common.observe.ratelog import RateLimitedLog
 from common.transport.inbox import MAX_BATCH, Inbox, Poller
 from common.transport.outbox import Outbox
@@ -203,6 +204,7 @@ class Runtime:
         """Run ``logic`` until the stop flag is set; send what it owes at the end."""
         next_housekeeping = 0.0
         stop = self.stop
+        heap.settle()  # what exists now lives as long as the process: no collection walks it again
         while not stop:
             now = Now.read()
             if self._pending:  # a nodrop output refused: nothing new until it drains
