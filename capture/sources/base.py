@@ -15,6 +15,7 @@ Each call returns the finished chunks (``(AudioHeader, payload)``) of its framer
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,16 +113,29 @@ class Source:
 
 class Pacer:
     """Real-time pacing for sources that could go faster (files, synth): data for samples
-    [0, n) is due when n / rate seconds have passed since start."""
+    [0, n) is due when n / rate seconds have passed since start.
 
-    def __init__(self, rate: int, fast: bool) -> None:
+    Every pacer of a process starts on one grid of ``chunk_samples / rate`` seconds
+    (:data:`PACING_ORIGIN` + k periods), so sources with the same chunk length fall due at the
+    same instants and the capture loop sends all of them in one wake-up. Started one after the
+    other, 64 synth sources used to be due at 64 slightly different times: 64 wake-ups per
+    chunk period (bench_capacity: 79 us per chunk live against 9.5 flooded).
+    """
+
+    def __init__(self, rate: int, fast: bool, chunk_samples: int = 0) -> None:
         self.rate = rate
         self.fast = fast
+        self.period_s = chunk_samples / rate if chunk_samples > 0 else 0.0
         self.restart()
 
     def restart(self) -> None:
-        self.start_mono = time.monotonic()
-        self.start_wall_ns = time.time_ns()
+        """Start the timeline at the next grid point (at most one chunk period from now)."""
+        now_mono, now_wall_ns = time.monotonic(), time.time_ns()
+        start = now_mono
+        if self.period_s > 0 and not self.fast:
+            start = PACING_ORIGIN + math.ceil((now_mono - PACING_ORIGIN) / self.period_s) * self.period_s
+        self.start_mono = start
+        self.start_wall_ns = now_wall_ns + round((start - now_mono) * 1e9)
 
     def t_of(self, offset: int) -> int:
         """Wall-clock ns assigned to sample ``offset`` (start time + offset / rate)."""
@@ -130,6 +144,9 @@ class Pacer:
     def due_in(self, end_offset: int, now: float) -> float:
         """Seconds until sample ``end_offset`` is due (<= 0: now)."""
         return 0.0 if self.fast else self.start_mono + end_offset / self.rate - now
+
+
+PACING_ORIGIN = time.monotonic()  # the process's pacing grid starts here (see Pacer)
 
 
 class Backoff:

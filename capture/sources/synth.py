@@ -60,7 +60,7 @@ class SynthSource(Source):
         self.phase = zlib.crc32(self.stream.encode()) if self.wave == "noise" else 0
 
     def start(self, loop: Loop, now: float) -> list[Chunk]:
-        self.pacer = Pacer(self.fmt.rate, self.opts.fast)
+        self.pacer = Pacer(self.fmt.rate, self.opts.fast, self.framer.chunk_samples)
         self._begin()
         return []
 

@@ -79,7 +79,7 @@ class FileSource(Source):
         self.file: sf.SoundFile | None = None
 
     def start(self, loop: Loop, now: float) -> list[Chunk]:
-        self.pacer = Pacer(self.fmt.rate, self.opts.fast)
+        self.pacer = Pacer(self.fmt.rate, self.opts.fast, self.framer.chunk_samples)
         return self._begin()
 
     def _begin(self) -> list[Chunk]:
