@@ -19,6 +19,7 @@ anything else touches the samples and returns what soxr wants, (samples,) or (sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,6 +185,21 @@ def select_float32(
     if s != 1.0:
         y *= np.float32(s)
     return y
+
+
+def select_float32_rows(payloads: Sequence[bytes | memoryview], fmt: str, channels: int, samples: int,
+                        cmap: ChannelMap, gain: float = 1.0) -> np.ndarray:
+    """:func:`select_float32` of many interleaved payloads of one shape at once (one numpy pass).
+
+    Every payload holds ``samples`` sample frames of ``channels`` channels in ``fmt``. Returns
+    (len(payloads), samples) or (len(payloads), samples, K); row i is, value for value, what
+    :func:`select_float32` gives for payload i: every step works sample by sample, so
+    converting the concatenation changes no value. (A one-channel payload is the same bytes in
+    either layout.)
+    """
+    stored = stored_samples(b"".join(payloads), fmt, channels, len(payloads) * samples, "interleaved")
+    y = select_float32(stored, fmt, "interleaved", cmap, gain)
+    return y.reshape((len(payloads), samples) + y.shape[1:])
 
 
 def to_float32(payload: bytes | memoryview, fmt: str, channels: int, samples: int, layout: str) -> np.ndarray:

@@ -23,6 +23,7 @@ rate) were missing, bridged or not.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -53,9 +54,9 @@ class ConvertConfig:
     dc_remove: bool = False
     gap_fill_ms: float = 100.0
 
-    @property
+    @functools.cached_property
     def gain(self) -> float:
-        """Linear gain factor."""
+        """Linear gain factor (read for every message: computed once)."""
         return 10.0 ** (self.gain_db / 20.0)
 
 
@@ -174,8 +175,12 @@ class StreamConverter:
 
     # -- 1-5: one raw message ------------------------------------------------------------
 
-    def accept(self, msg: Audio, now_mono: float) -> list[OutChunk]:
-        """The output chunks this raw message completes (maybe none)."""
+    def accept(self, msg: Audio, now_mono: float, x: np.ndarray | None = None) -> list[OutChunk]:
+        """The output chunks this raw message completes (maybe none).
+
+        ``x``: the message's samples already through :func:`select_float32` (ConvertLogic
+        converts a wake-up's messages of one format in one numpy pass), or None to convert here.
+        """
         h = msg.header
         cont, missing = self.cursor.check(h.epoch, h.seq, bool(h.flags & _DISC))
         if cont is Continuity.STALE:
@@ -186,7 +191,7 @@ class StreamConverter:
         self.last_rx = now_mono
         out: list[OutChunk] = []
         self._follow(h, cont, missing, out)
-        x = self._float32(msg)
+        x = self._float32(msg) if x is None else self._finite(x, h.format)
         if h.flags & _OVERFLOW:
             self._mark(_OVERFLOW, 0)
             self.metrics.event("input_overflow")
@@ -258,10 +263,11 @@ class StreamConverter:
         """Stored PCM -> float32 (n,) or (n, K), channels mapped, finite and within full scale."""
         h = msg.header
         stored = stored_samples(msg.payload, h.format, h.channels, h.samples, h.layout)
-        x = select_float32(stored, h.format, h.layout, self.cfg.channels, self.cfg.gain)
-        if h.format in FLOAT_FORMATS or self.cfg.gain > 1.0:
-            x = self._clip(x)
-        return x
+        return self._finite(select_float32(stored, h.format, h.layout, self.cfg.channels, self.cfg.gain), h.format)
+
+    def _finite(self, x: np.ndarray, fmt: str) -> np.ndarray:
+        """Only float input or a gain can leave full scale or be non-finite: zeroed, clipped, counted."""
+        return self._clip(x) if fmt in FLOAT_FORMATS or self.cfg.gain > 1.0 else x
 
     def _clip(self, x: np.ndarray) -> np.ndarray:
         if x.size == 0 or np.max(np.abs(x)) <= 1.0:  # False for NaN: falls through

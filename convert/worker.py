@@ -6,7 +6,8 @@ messages and clock values); :func:`run` puts it on the shared runtime (common.ru
 One wake-up's batch, in order:
 
     for each raw message:  checks that need no state (rate, channels, output size) -> reject, counted
-                           its stream's StreamConverter (bounded table) -> accept -> tensor chunks
+    for each format group: stored PCM -> float32, channels mapped: one numpy pass (_samples)
+    for each raw message:  its stream's StreamConverter (bounded table) -> accept -> tensor chunks
     encode every chunk (header, trace + this hop); the runtime sends them as one burst
 
 Messages convert cannot use are rejected and counted *before* any state is touched, so
@@ -22,6 +23,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from common.observe.metrics import StageMetrics
 from common.observe.ratelog import RateLimitedLog
 from common.runtime.stage import Now, Runtime, StopFlag
@@ -30,7 +33,7 @@ from common.transport.sockets import SocketOptions
 from common.wire.codec import Audio, encode_audio
 from common.wire.messages import I64_MAX, MAX_PAYLOAD_BYTES, MAX_TRACE_HOPS, AudioHeader, Hop, Layout, SampleFormat
 from common.wire.topics import Kind, shard_prefixes
-from convert.formats import FormatError
+from convert.formats import SAMPLE_FORMATS, FormatError, select_float32_rows
 from convert.resample import MAX_RATE_HZ, MAX_RATIO, MIN_RATE_HZ, rate_supported
 from convert.stream import ConvertConfig, OutChunk, StreamConverter
 
@@ -65,21 +68,24 @@ class ConvertLogic:
     # -- the batch -------------------------------------------------------------------------
 
     def handle(self, batch: list[Audio], now: Now) -> list[bytes]:
-        out: list[bytes] = []
+        usable: list[Audio] = []
         for msg in batch:
             if msg.kind is not Kind.RAW:
                 self._reject("not_raw", f"kind {msg.kind.value} on a raw input")
                 continue
-            h = msg.header
-            problem = self._unusable(h)
+            problem = self._unusable(msg.header)
             if problem:
                 self._reject(*problem)
                 continue
+            usable.append(msg)
+        out: list[bytes] = []
+        for msg, x in zip(usable, self._samples(usable)):
+            h = msg.header
             conv = self.streams.admit(h.stream, lambda: StreamConverter(h.stream, self.cfg, self.metrics))
             if conv is None:
                 continue
             try:
-                chunks = conv.accept(msg, now.mono)
+                chunks = conv.accept(msg, now.mono, x)
             except FormatError as e:  # cannot happen after _unusable; kept as a guard
                 self._reject(e.reason, f"stream {h.stream}: {e}")
                 continue
@@ -91,6 +97,26 @@ class ConvertLogic:
             self.metrics.frame_in(h.stream)
             out += self._encode(conv, chunks, now.wall_ns)
         return out
+
+    def _samples(self, msgs: list[Audio]) -> list[np.ndarray | None]:
+        """Every message's float32 samples, converted in one numpy pass per shape (format,
+        channels, samples) shared by two or more interleaved messages; None for the rest (the
+        stream converts those itself). 64 streams' 20 ms frames: one pass instead of 64."""
+        groups: dict[tuple[str, int, int], list[int]] = {}
+        for i, m in enumerate(msgs):
+            h = m.header
+            if (h.layout == "interleaved" or h.channels == 1) and len(m.payload) == h.samples * h.channels * \
+                    SAMPLE_FORMATS[h.format][1]:
+                groups.setdefault((h.format, h.channels, h.samples), []).append(i)
+        xs: list[np.ndarray | None] = [None] * len(msgs)
+        for (fmt, channels, samples), idx in groups.items():
+            if len(idx) < 2 or samples == 0:
+                continue
+            rows = select_float32_rows([msgs[i].payload for i in idx], fmt, channels, samples, self.cfg.channels,
+                                       self.cfg.gain)
+            for i, row in zip(idx, rows):
+                xs[i] = row
+        return xs
 
     def _unusable(self, h: AudioHeader) -> tuple[str, str] | None:
         """Why convert cannot use this message (reason, detail), or None; touches no state."""

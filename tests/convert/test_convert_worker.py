@@ -338,3 +338,47 @@ def test_an_output_chunk_too_large_for_a_message_is_refused_before_any_state() -
     wide = np.zeros((64, 960))
     assert feed(conv, [raw("wide", 0, wide, 0)]) == []  # 64 ch x 160000 x 4 B > 16 MiB
     assert conv.metrics.bad == {"chunk_too_large": 1} and not conv.logic.streams
+
+
+def _outputs_by_stream(logic: ConvertLogic, batches: list[list[Audio]]) -> dict[str, list[tuple]]:
+    got: dict[str, list[tuple]] = {}
+    for i, batch in enumerate(batches):
+        for f in logic.handle(batch, Now(float(i), 123)):
+            m = decode(f)
+            h = m.header
+            got.setdefault(h.stream, []).append((h.seq, h.offset, h.t_capture_ns, h.flags, h.lost, h.samples,
+                                                 h.channels, bytes(m.payload)))
+    return got
+
+
+def test_one_wake_up_converting_many_streams_at_once_changes_no_output() -> None:
+    """Byte-identical tensors whether each message is its own batch, a round of every stream's
+    frames is one batch (one numpy pass per format), or the streams arrive out of phase."""
+    shapes = {  # stream -> (format, channels, layout): groups of 2+ share a pass, the rest do not
+        "a": ("s16", 2, "interleaved"), "b": ("s16", 2, "interleaved"), "c": ("s16", 2, "interleaved"),
+        "d": ("s24", 1, "planar"), "e": ("s24", 1, "interleaved"), "f": ("f32", 2, "interleaved"),
+        "g": ("f32", 2, "interleaved"), "h": ("s16", 2, "planar"), "u": ("u8", 2, "interleaved"),
+    }
+    frame = 960
+    msgs: dict[str, list[Audio]] = {}
+    for k, (name, (fmt, channels, layout)) in enumerate(shapes.items()):
+        x = signal(0.5, channels, seed=k)
+        if name == "g":
+            x = x * 3.0  # over full scale: clipped and counted in the batched pass too
+        msgs[name] = [raw(name, i, x[:, i * frame:(i + 1) * frame], i * frame, fmt=fmt, layout=layout)
+                      for i in range(x.shape[1] // frame)]
+    rounds = list(zip(*msgs.values()))
+    one_by_one = [[m] for r in rounds for m in r]
+    in_phase = [list(r) for r in rounds]
+    skew = {name: j % 3 for j, name in enumerate(shapes)}  # stream j runs j % 3 frames late
+    out_of_phase = [[msgs[n][i - skew[n]] for n in shapes if 0 <= i - skew[n] < len(msgs[n])]
+                    for i in range(len(rounds) + 2)]
+    results = []
+    for batches in (one_by_one, in_phase, out_of_phase):
+        logic = ConvertLogic(ConvertConfig(), StageMetrics("convert"))
+        results.append((_outputs_by_stream(logic, batches), dict(logic.metrics.events)))
+    assert set(results[0][0]) == set(shapes)
+    assert all(len(v) >= 14 for v in results[0][0].values())
+    assert results[1] == results[0]
+    assert results[2] == results[0]
+    assert results[0][1]["clipped_samples"] > 0
