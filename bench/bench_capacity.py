@@ -4,12 +4,12 @@ Every stage is its own process on tcp loopback, as deployed:
 
     python -m capture --source synth:noise#s0 ... #sN-1 --rate 48000 --channels 2 --chunk-ms C
         --duration D          (one process, N sources paced by capture's one loop clock)
-    python -m convert --quality Q             (48 kHz stereo s16 -> 16 kHz mono f32, 32 ms tensors)
+    python -m convert --quality Q --batch-wait-ms G   (48 kHz stereo s16 -> 16 kHz mono f32, 32 ms tensors)
     python -m classify --model vad --batch-wait-ms W
     bench_capacity.py --role sink             (a SUB on results: latency, gaps, losses, counts)
 
-Settings (issue 14): ``default`` (C 20 ms, Q HQ, W 5 ms) and ``low-latency`` (C 10 ms, Q LD,
-W 0 ms); and ``replay``, the inference-box case: convert + vad alone, with raw frames from
+Settings (issue 14): ``default`` (C 20 ms, Q HQ, G 2 ms, W 5 ms) and ``low-latency`` (C 10 ms,
+Q LD, G 0, W 0); and ``replay``, the inference-box case: convert + vad alone, with raw frames from
 ``soundbus replay`` of a recording made once per stream count (written directly with the
 encoder and the recording format: 20 ms chunks of 48 kHz stereo s16 noise, each stream's
 last chunk flagged END) replayed at real time; convert and classify as in ``default``.
@@ -84,18 +84,20 @@ MAX_SINK_STREAMS = 4096  # the sink's per-stream table bound
 
 @dataclass(frozen=True)
 class Setting:
-    """One pipeline configuration: capture chunk (ms), convert quality, classify batch wait (ms), source."""
+    """One pipeline configuration: capture chunk (ms), convert quality, classify batch wait (ms), source,
+    convert's gather (ms)."""
 
     name: str
     chunk_ms: float
     quality: str
     batch_wait_ms: float
     source: str  # "capture" (live synth sources) or "replay" (a recording, the inference box)
+    convert_wait_ms: float = 2.0
 
 
 SETTINGS = {
     "default": Setting("default", 20.0, "HQ", 5.0, "capture"),
-    "low-latency": Setting("low-latency", 10.0, "LD", 0.0, "capture"),
+    "low-latency": Setting("low-latency", 10.0, "LD", 0.0, "capture", convert_wait_ms=0.0),
     "replay": Setting("replay", 20.0, "HQ", 5.0, "replay"),
 }
 
@@ -302,7 +304,7 @@ class Pipeline:
             "--batch-wait-ms", f"{s.batch_wait_ms:g}")
         v = self.procs["convert"] = bl.python_module(
             "convert", "--input", self.raw, "--output", self.tensor, "--quality", s.quality,
-            "--summary-every", "3600")
+            "--batch-wait-ms", f"{s.convert_wait_ms:g}", "--summary-every", "3600")
         self.sink = bl.python_script(bl.BENCH / "bench_capacity.py", "--role", "sink", "--results", self.result,
                                      *(["--replayed"] if s.source == "replay" else []), stdin=subprocess.PIPE)
         self.reports = 0

@@ -22,7 +22,7 @@ Pipeline (each its own process, tcp loopback):
    message rate.
 4. Steps 1-3 again in the low-latency configuration (its own calibration, so also at half of
    *its* capacity): convert ``--quality LD`` (holds back ~1 ms instead of soxr HQ's ~21),
-   10 ms capture frames, classify ``--batch-wait-ms 0``.
+   10 ms capture frames, convert and classify ``--batch-wait-ms 0``.
 
 Targets (issue 8): per hop p99 <= 2 ms; capture -> vad result p99 <= 10 ms beyond the window.
 
@@ -49,6 +49,7 @@ class Pipeline:
     def __init__(self, model: str, frame_ms: float, quality: str = "HQ", batch_wait_ms: float = 5.0) -> None:
         self.raw, self.tensor, self.result = bl.free_tcp(), bl.free_tcp(), bl.free_tcp()
         self.model, self.frame_ms, self.quality, self.batch_wait_ms = model, frame_ms, quality, batch_wait_ms
+        self.convert_wait_ms = 2.0 if batch_wait_ms > 0 else 0.0  # convert's default gather; none for low latency
         self.procs: dict[str, bl.Proc] = {}
         self.ctx = zmq.Context()
         self.sub = None
@@ -60,7 +61,8 @@ class Pipeline:
                                                       "--batch-wait-ms", f"{self.batch_wait_ms:g}")
         c.wait_for(r"\bready\b", timeout=180)
         v = self.procs["convert"] = bl.python_module("convert", "--input", self.raw, "--output", self.tensor,
-                                                     "--quality", self.quality)
+                                                     "--quality", self.quality,
+                                                     "--batch-wait-ms", f"{self.convert_wait_ms:g}")
         v.wait_for(r"\bready\b", timeout=60)
         v.wait_for(r"subscriber joined", timeout=60)
         self.sub = self.ctx.socket(zmq.SUB)
@@ -286,7 +288,8 @@ def main() -> int:
         for name, r in (("default", res), ("low-latency", low)):
             if r is None:
                 continue
-            print(f"{name}: convert --quality {r['convert_quality']}, capture frames {r['capture_frame_ms']:g} ms, "
+            print(f"{name}: convert --quality {r['convert_quality']} --batch-wait-ms "
+                  f"{2.0 if r['batch_wait_ms'] > 0 else 0.0:g}, capture frames {r['capture_frame_ms']:g} ms, "
                   f"classify --batch-wait-ms {r['batch_wait_ms']:g}; streams: {r['streams']} (48 kHz stereo, real "
                   "time); CPU share per process: " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())
                   + "; live CPU per message (us): " + ", ".join(f"{k} {v:.0f}" for k, v in r["live_cpu_us"].items()))

@@ -49,7 +49,7 @@ class Convert(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=Tru
 
     quality: Literal["VHQ", "HQ", "MQ", "LQ", "QQ", "LD"] = "HQ"
     gap_fill_ms: Annotated[float, Meta(ge=0, le=10_000)] = 100.0
-    batch_wait_ms: Annotated[float, Meta(ge=0, le=100)] = 0.0
+    batch_wait_ms: Annotated[float, Meta(ge=0, le=100)] = 2.0  # convert --batch-wait-ms's default
 
 
 class Classify(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):

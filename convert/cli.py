@@ -22,7 +22,7 @@ from common.wire.messages import MAX_CHUNK_S
 from convert.formats import ChannelMap
 from convert.resample import MAX_RATE_HZ, MIN_RATE_HZ, QUALITIES
 from convert.stream import ConvertConfig
-from convert.worker import DEFAULT_CHUNK_MS, DEFAULT_RATE, StageOptions, run
+from convert.worker import DEFAULT_CHUNK_MS, DEFAULT_GATHER_MS, DEFAULT_RATE, StageOptions, run
 
 MAX_GAP_FILL_MS = 10_000.0
 
@@ -63,9 +63,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                    help="bridge input gaps up to this long with silence; longer gaps restart the stream "
                    "(default 100, 0: always restart)")
     p.add_argument("--shard", type=parse_shard, metavar="I/N", help="convert only streams of shard I of N (0-based)")
-    p.add_argument("--batch-wait-ms", type=float_in(0, 100, "ms"), default=0.0, metavar="MS",
+    p.add_argument("--batch-wait-ms", type=float_in(0, 100, "ms"), default=DEFAULT_GATHER_MS, metavar="MS",
                    help="after a message arrives, gather others for up to MS before converting them as one "
-                   "batch (default 0: convert what each wake-up finds)")
+                   f"batch (default {DEFAULT_GATHER_MS:g}: a capture process's burst of frames; 0: convert what "
+                   "each wake-up finds, the lowest latency)")
     p.add_argument("--idle-flush-s", type=float_in(0.01, 3600, "s"), default=2.0,
                    help="publish a silent stream's buffered tail after this (default 2)")
     p.add_argument("--summary-every", type=float_in(0.1, 86400, "s"), default=10.0, metavar="S",

@@ -42,6 +42,10 @@ log = logging.getLogger("convert")
 STAGE = "convert"
 DEFAULT_RATE = 16_000
 DEFAULT_CHUNK_MS = 32.0  # 512 samples at 16 kHz: silero-vad's window
+# A capture process sends every stream's frame in one burst (~1 ms for 80 streams); gathering
+# 2 ms makes it one batch instead of ~25 wake-ups, and convert's output one burst for classify
+# (80 streams: convert 122 -> 104 us per frame, classify 260 -> 210 us per window, p99 lower).
+DEFAULT_GATHER_MS = 2.0
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,7 @@ def run(
     metrics: StageMetrics,
     opts: StageOptions = StageOptions(),
     shard: tuple[int, int] | None = None,
-    gather_ms: float = 0.0,
+    gather_ms: float = DEFAULT_GATHER_MS,
     health_file=None,
     stop: StopFlag | None = None,
 ) -> int:
