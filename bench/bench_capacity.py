@@ -264,6 +264,14 @@ def make_recording(path: Path, streams: int, seconds: float, chunk_ms: float = 2
                                 flags=int(Flag.END) if i == chunks - 1 else 0, source="bench recording",
                                 trace=[Hop("capture", end, end)])
                 w.write([encode_audio(Kind.RAW, h, payloads[(i + s) % len(payloads)])], end)
+    # On disk before the step starts: the kernel writes dirty pages back 30 s after they were
+    # written (vm.dirty_expire_centisecs), and 0.6 GB written back in the middle of a 30 s hold
+    # stalled every process here for 0.2-0.7 s (bench/replay holds failed at 64-104 streams).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return chunks * streams
 
 
