@@ -351,3 +351,33 @@ def test_the_loop_runs_with_the_heap_it_started_with_frozen() -> None:
         assert logic.frozen >= len(long_lived)
     finally:
         gc.unfreeze()
+
+
+def test_gather_makes_one_batch_of_a_burst_and_never_waits_past_its_bound(zctx) -> None:
+    """convert's --batch-wait-ms: after the first message the inbox keeps collecting until the
+    bound, then returns, even while messages keep coming (explicit clock values, not timing)."""
+    pub, rx = _pair(zctx, watchdog_s=0)
+    ticks = iter(x * 0.001 for x in range(1_000_000))  # every reading of the clock: 1 ms later
+    rx.clock = lambda: next(ticks)
+    for seq in range(5):
+        pub.send(_raw("a", seq))
+    time.sleep(0.3)
+    # Messages keep arriving: one more is queued before every wait. Deadline = first reading +
+    # 10 ms, so the gather reads the clock 11 times at most and returns what it has.
+    sent = [5]
+
+    real_wait = rx.poller.wait
+
+    def wait_and_feed(timeout_s: float):
+        pub.send(_raw("a", sent[0]))
+        sent[0] += 1
+        time.sleep(0.002)
+        return real_wait(timeout_s)
+
+    rx.poller.wait = wait_and_feed
+    batch = rx.receive(1.0, gather_s=0.010)
+    seqs = [m.header.seq for m in batch]
+    assert seqs == list(range(len(seqs))) and 6 <= len(seqs) <= 17  # the burst, and one more per wait until the bound
+    assert next(ticks) <= 0.012 + 1e-9  # the clock was read at most 12 times: the bound held
+    rx.poller.wait = real_wait
+    rx.close()

@@ -94,6 +94,7 @@ class Inbox:
         self.silent: dict[str, float] = {}  # stream -> when it went silent
         self.received = 0  # valid messages, ever
         self._bad_log = RateLimitedLog(log)
+        self.clock = time.monotonic  # the gather deadline's clock (tests give explicit values)
 
     @property
     def connected(self) -> int:
@@ -113,9 +114,9 @@ class Inbox:
             return out
         self._drain(out, limit)
         if gather_s > 0 and out:
-            deadline = time.monotonic() + gather_s
+            deadline = self.clock() + gather_s
             while len(out) < limit:
-                left = deadline - time.monotonic()
+                left = deadline - self.clock()
                 if left <= 0:
                     break
                 if self.sock in self.poller.wait(left) or self._ready():
