@@ -184,7 +184,8 @@ def run_config(args: argparse.Namespace, quality: str, frame_ms: float, batch_wa
                streams: int | None, ncores: int) -> dict:
     """One pipeline in one configuration: calibrate (unless ``streams``), measure, bare-hop baseline."""
     pipe = Pipeline(args.model, frame_ms, quality, batch_wait_ms)
-    res: dict = {"capture_frame_ms": frame_ms, "convert_quality": quality, "batch_wait_ms": batch_wait_ms}
+    res: dict = {"capture_frame_ms": frame_ms, "convert_quality": quality, "batch_wait_ms": batch_wait_ms,
+                 "convert_wait_ms": pipe.convert_wait_ms}
     try:
         pipe.start()
         if streams:
@@ -289,7 +290,7 @@ def main() -> int:
             if r is None:
                 continue
             print(f"{name}: convert --quality {r['convert_quality']} --batch-wait-ms "
-                  f"{2.0 if r['batch_wait_ms'] > 0 else 0.0:g}, capture frames {r['capture_frame_ms']:g} ms, "
+                  f"{r['convert_wait_ms']:g}, capture frames {r['capture_frame_ms']:g} ms, "
                   f"classify --batch-wait-ms {r['batch_wait_ms']:g}; streams: {r['streams']} (48 kHz stereo, real "
                   "time); CPU share per process: " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())
                   + "; live CPU per message (us): " + ", ".join(f"{k} {v:.0f}" for k, v in r["live_cpu_us"].items()))

@@ -238,7 +238,8 @@ def render(r: dict[str, Any]) -> str:
         for name, c in (("default", r), ("low-latency", r.get("low_latency"))):
             if not c:
                 continue
-            extra += (f"\n\n{name}: convert --quality {c.get('convert_quality')}, capture frames "
+            gather = c.get("convert_wait_ms", 2.0 if c.get("batch_wait_ms") else 0.0)  # runs before it was kept
+            extra += (f"\n\n{name}: convert --quality {c.get('convert_quality')} --batch-wait-ms {gather:g}, capture frames "
                       f"{c.get('capture_frame_ms')} ms, classify --batch-wait-ms {c.get('batch_wait_ms')}; streams: "
                       + str(c.get("streams")) + "; CPU share per process: "
                       + ", ".join(f"{k} {v:.2f}" for k, v in c.get("cpu_share", {}).items())
