@@ -7,9 +7,15 @@ and at 50+ streams the steady garbage of the message loop triggers one every few
 that was the p99 latency jump in bench_capacity (80 ms -> 190-250 ms).
 
 Everything alive when the loop starts (modules, the model, the stage's logic) lives for the
-whole process, so :func:`settle` collects once and freezes it (``gc.freeze``, made for
-exactly this: CPython moves those objects to a permanent generation that collections skip).
-Later collections walk only what the loop created: streams, queued messages.
+whole process, so :func:`settle` freezes it (``gc.freeze``, made for exactly this: CPython
+moves those objects to a permanent generation that collections skip). Later collections walk
+only what the loop created: streams, queued messages.
+
+It does not collect first. A ``gc.collect()`` at that moment, while the just-bound CURVE
+sockets were handshaking, made a capture box's first handshake fail and stall (2 of 6 runs of
+tests/net/test_net_two_hosts.py with three busy loops on the 2 cores; 0 of 8 with the freeze
+alone, 0 of 6 with neither). The cause inside pyzmq or libzmq was not found. Garbage left from
+start-up stays frozen; it is made once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,5 @@ import gc
 
 
 def settle() -> None:
-    """Collect once, then exempt every object alive now from later collections."""
-    gc.collect()
+    """Exempt every object alive now from later collections."""
     gc.freeze()
