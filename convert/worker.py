@@ -116,8 +116,11 @@ class ConvertLogic:
         for (fmt, channels, samples), idx in groups.items():
             if len(idx) < 2 or samples == 0:
                 continue
-            rows = select_float32_rows([msgs[i].payload for i in idx], fmt, channels, samples, self.cfg.channels,
-                                       self.cfg.gain)
+            try:
+                rows = select_float32_rows([msgs[i].payload for i in idx], fmt, channels, samples,
+                                           self.cfg.channels, self.cfg.gain)
+            except Exception:  # noqa: BLE001 - each message then converts alone, and fails alone
+                continue
             for i, row in zip(idx, rows):
                 xs[i] = row
         return xs

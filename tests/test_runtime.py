@@ -34,6 +34,11 @@ def _pair(zctx: zmq.Context, watchdog_s: float, opts: SocketOptions | None = Non
     pub = Outbox(zctx, ["@" + addr], SocketOptions(), StageMetrics("pub"))
     rx = Inbox(zctx, [addr], prefixes, opts or SocketOptions(), StageMetrics("test"), Poller(), watchdog_s)
     assert pub.wait_for_subscriber(10)
+    deadline = time.monotonic() + 10  # every prefix: a message sent before its subscription lands is filtered out
+    while len(pub.subscriptions) < len(prefixes):
+        assert time.monotonic() < deadline, f"subscriptions seen: {pub.subscriptions}"
+        if pub.socket.poll(50, zmq.POLLIN):
+            pub.poll_subscriptions()
     return pub, rx
 
 
